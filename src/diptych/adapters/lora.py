@@ -1,0 +1,130 @@
+"""Plain LoRA adapters (the official ICEdit "normal" LoRA and anything in diffusers' Flux LoRA format):
+finding the weights, checking every key against the model before loading, and loading through peft.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import FluxFillPipeline
+from safetensors.torch import load_file
+
+from ..errors import WeightsError
+
+ADAPTER_NAME = "edit"
+DEFAULT_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "ICEdit-MoE-LoRA.safetensors")
+
+
+def read_adapter_state_dict(adapter: str | Path, *, local_files_only: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of an adapter given as a .safetensors file, a folder holding one, or a hub repo id."""
+    path = Path(adapter)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise WeightsError(
+                f"adapter {path} is not a .safetensors file; diptych never unpickles weights. "
+                "Convert it with safetensors.torch.save_file first"
+            )
+        return _load(path)
+    if path.is_dir():
+        return _load(_pick_weight_file(path))
+    if path.suffix == ".safetensors" or path.is_absolute() or str(adapter).startswith("."):
+        raise WeightsError(f"adapter {adapter} does not exist")
+    return _load(_download(str(adapter), local_files_only))
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError(f"adapter {path} is not a readable safetensors file ({err})") from err
+
+
+def _pick_weight_file(folder: Path) -> Path:
+    for name in DEFAULT_WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise WeightsError(f"adapter folder {folder} has no .safetensors file")
+    names = ", ".join(f.name for f in files[:5])
+    raise WeightsError(f"adapter folder {folder} has several .safetensors files ({names}); pass the file itself")
+
+
+def _download(repo_id: str, local_files_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download, list_repo_files
+
+    try:
+        if local_files_only:
+            errors = []
+            for name in DEFAULT_WEIGHT_NAMES:
+                try:
+                    return Path(hf_hub_download(repo_id, name, local_files_only=True))
+                except Exception as err:
+                    errors.append(err)
+            raise errors[-1]
+        names = [n for n in list_repo_files(repo_id) if n.endswith(".safetensors")]
+        preferred = [n for n in DEFAULT_WEIGHT_NAMES if n in names] or names
+        if not preferred:
+            raise WeightsError(f"hub repo {repo_id} has no .safetensors file")
+        return Path(hf_hub_download(repo_id, preferred[0]))
+    except WeightsError:
+        raise
+    except Exception as err:
+        raise WeightsError(
+            f"cannot get adapter {repo_id!r}: not a local file or folder, and the hub copy is not available "
+            f"({type(err).__name__}). Download it (huggingface-cli download {repo_id}) or pass a local path"
+        ) from err
+
+
+def lora_module_name(key: str) -> tuple[str, str] | None:
+    """('x_embedder', 'lora_A') for 'transformer.x_embedder.lora_A.weight'; None if not a LoRA key."""
+    for part in ("lora_A", "lora_B"):
+        marker = f".{part}."
+        if marker in key:
+            return key.split(marker)[0], part
+    return None
+
+
+def check_lora_keys(transformer: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Raise a `WeightsError` listing keys that name no Linear layer of the transformer or have wrong shapes."""
+    modules = dict(transformer.named_modules())
+    problems: list[str] = []
+    for key, tensor in state_dict.items():
+        parsed = lora_module_name(key)
+        if parsed is None or not parsed[0].startswith("transformer."):
+            problems.append(f"{key}: not a transformer LoRA key")
+            continue
+        name, part = parsed[0].removeprefix("transformer."), parsed[1]
+        module = modules.get(name)
+        if not isinstance(module, torch.nn.Linear):
+            problems.append(f"{key}: the model has no Linear layer '{name}'")
+            continue
+        if tensor.ndim != 2:
+            problems.append(f"{key}: expected a matrix, got shape {tuple(tensor.shape)}")
+        elif part == "lora_A" and tensor.shape[1] != module.in_features:
+            problems.append(f"{key}: in_features {tensor.shape[1]}, layer has {module.in_features}")
+        elif part == "lora_B" and tensor.shape[0] != module.out_features:
+            problems.append(f"{key}: out_features {tensor.shape[0]}, layer has {module.out_features}")
+    if problems:
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise WeightsError(
+            f"the adapter does not match this model: {shown}{more}. "
+            "Was it trained for another base model (FLUX.1 Fill dev expected)?"
+        )
+
+
+def load_lora(pipe: FluxFillPipeline, state_dict: dict[str, torch.Tensor], *, scale: float = 1.0) -> None:
+    """Check and load a plain LoRA into the pipeline's transformer as adapter 'edit' with weight `scale`."""
+    try:
+        converted = pipe.lora_state_dict(dict(state_dict))
+    except Exception as err:
+        raise WeightsError(f"the adapter is not in a LoRA format diffusers understands ({err})") from err
+    if not converted:
+        raise WeightsError("the adapter file holds no tensors")
+    check_lora_keys(pipe.transformer, converted)
+    pipe.load_lora_weights(converted, adapter_name=ADAPTER_NAME)
+    pipe.set_adapters([ADAPTER_NAME], [scale])

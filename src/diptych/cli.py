@@ -1,0 +1,245 @@
+"""Command line: `diptych edit ...`. Errors a user can fix print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DiptychError, InputError
+
+EDIT_EXAMPLES = """\
+examples:
+  diptych edit cat.png "make the cat wear a red hat" -o hat.png --lora RiverZ/normal-lora
+  diptych edit room.jpg "remove the lamp" -o out.png --mask lamp_mask.png --keep-size
+  diptych edit --batch edits.jsonl --out-dir results/ --base ./FLUX.1-Fill-dev --offload model
+
+batch files hold one JSON object per line; paths are relative to the file:
+  {"image": "cat.png", "instruction": "make it snow", "seed": 7, "mask": "m.png", "output": "snow.png"}
+finished outputs are skipped when the command is run again (use --overwrite to redo them).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diptych",
+        description="Instruction-based image editing with in-context diptychs on FLUX.1 Fill.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    edit = sub.add_parser(
+        "edit",
+        help="edit an image (or a JSONL batch) from a text instruction",
+        description="Edit an image from a text instruction (ICEdit in-context editing).",
+        epilog=EDIT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    edit.add_argument("image", nargs="?", help="source image (PNG, JPEG, WebP, BMP, TIFF)")
+    edit.add_argument("instruction", nargs="?", help='the edit, e.g. "make the sky purple"')
+    edit.add_argument("-o", "--output", help="where to write the edited image (.png, .jpg, .webp)")
+    edit.add_argument("--batch", metavar="JSONL", help="edit every line of a JSONL file instead")
+    edit.add_argument("--out-dir", metavar="DIR", help="output folder for --batch")
+    edit.add_argument("--overwrite", action="store_true", help="redo batch items whose output exists")
+
+    model = edit.add_argument_group("model")
+    model.add_argument("--base", default=None, help="Fill model: hub id or local diffusers folder")
+    model.add_argument("--lora", default=None, help="adapter: .safetensors file, folder or hub id")
+    model.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (default 1.0)")
+    model.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
+    model.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
+    model.add_argument(
+        "--offload",
+        choices=("none", "model", "sequential"),
+        default="none",
+        help="CPU offload to save GPU memory (model: fits 24 GB cards)",
+    )
+    model.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+
+    sampling = edit.add_argument_group("sampling")
+    sampling.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    sampling.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
+    sampling.add_argument("--guidance", type=float, default=50.0, help="guidance scale (default 50)")
+    sampling.add_argument("--width", type=int, default=None, help="panel width in pixels (default 512)")
+    sampling.add_argument("--max-pixels", type=int, default=None, help="canvas pixel budget (2W x H)")
+    sampling.add_argument(
+        "--template",
+        default=None,
+        help="prompt template: icedit (default), paper, comfyui, or a string with {instruction}",
+    )
+    sampling.add_argument("--mask", default=None, help="mask image, white = may change (single edits)")
+    sampling.add_argument("--feather", type=int, default=3, help="mask edge feather in pixels (default 3)")
+    sampling.add_argument("--keep-size", action="store_true", help="resize the result to the source's size")
+    sampling.add_argument("--batch-size", type=int, default=4, help="edits per transformer batch (default 4)")
+    edit.add_argument("--save-diptych", metavar="PATH", help="also write the before/after pair side by side")
+    edit.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    edit.set_defaults(func=run_edit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DiptychError as err:
+        print(f"diptych: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diptych: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------- edit
+def run_edit(args: argparse.Namespace) -> int:
+    if args.batch:
+        if args.image or args.instruction or args.output:
+            raise InputError("give either IMAGE INSTRUCTION -o OUT or --batch JSONL --out-dir DIR, not both")
+        if not args.out_dir:
+            raise InputError("--batch needs --out-dir DIR for the results")
+        jobs = read_batch(Path(args.batch), Path(args.out_dir), overwrite=args.overwrite)
+    else:
+        if not (args.image and args.instruction and args.output):
+            raise InputError('usage: diptych edit IMAGE "instruction" -o OUT.png (or --batch JSONL --out-dir DIR)')
+        jobs = [BatchJob(args.image, args.instruction, args.seed, args.mask, Path(args.output), line=0)]
+    _check_outputs(jobs)
+    # Validate every input before loading weights: a typo should not cost a model load.
+    from .images import load_image, load_mask, validate_instruction
+
+    for job in jobs:
+        where = f"line {job.line}: " if job.line else ""
+        try:
+            validate_instruction(job.instruction)
+            size = load_image(job.image).size
+            if job.mask is not None:
+                load_mask(job.mask, size=size)
+        except DiptychError as err:
+            raise type(err)(f"{where}{err}") from err
+    if not jobs:
+        print("diptych: nothing to do: every output exists (use --overwrite to redo)", file=sys.stderr)
+        return 0
+
+    from tqdm.auto import tqdm
+
+    from .editor import DEFAULT_BASE, Editor, EditRequest
+    from .images import save_image_atomic
+
+    editor = Editor.from_pretrained(
+        args.base or DEFAULT_BASE,
+        adapter=args.lora,
+        adapter_scale=args.lora_scale,
+        device=args.device,
+        dtype=args.dtype,
+        offload=args.offload,
+        local_files_only=args.local_files_only,
+    )
+    if args.max_pixels:
+        editor.max_canvas_pixels = args.max_pixels
+    bar = tqdm(total=len(jobs) * args.steps, unit="step", disable=args.quiet, desc="editing")
+    chunk = max(1, args.batch_size) * 4  # write results as they finish, so an interrupted batch resumes
+    for start in range(0, len(jobs), chunk):
+        part = jobs[start : start + chunk]
+        offset = start * args.steps
+
+        def progress(done: int, _total: int, offset: int = offset) -> None:
+            bar.n = offset + done
+            bar.refresh()
+
+        images = editor.edit_many(
+            [EditRequest(j.image, j.instruction, j.seed, j.mask) for j in part],
+            steps=args.steps,
+            guidance=args.guidance,
+            width=args.width,
+            template=args.template,
+            keep_size=args.keep_size,
+            feather=args.feather,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+        for job, image in zip(part, images, strict=True):
+            save_image_atomic(image, job.output)
+            if args.save_diptych:
+                before = load_image(job.image).resize(image.size)
+                pair = _side_by_side(before, image)
+                save_image_atomic(pair, _diptych_path(Path(args.save_diptych), job, batch=bool(args.batch)))
+    bar.close()
+    where = args.out_dir if args.batch else args.output
+    print(f"wrote {len(jobs)} edit{'s' if len(jobs) != 1 else ''} to {where}", file=sys.stderr)
+    return 0
+
+
+class BatchJob:
+    """One line of a batch file, resolved."""
+
+    def __init__(self, image, instruction, seed, mask, output: Path, line: int):
+        self.image, self.instruction, self.seed, self.mask = image, instruction, seed, mask
+        self.output, self.line = output, line
+
+
+def read_batch(path: Path, out_dir: Path, *, overwrite: bool = False) -> list[BatchJob]:
+    """Parse a JSONL batch; relative paths are relative to the file. Lines whose output exists are skipped."""
+    if not path.is_file():
+        raise InputError(f"batch file {path} does not exist")
+    jobs: list[BatchJob] = []
+    allowed = {"image", "instruction", "seed", "mask", "output"}
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path} line {number}: not valid JSON ({err.msg})") from err
+        if not isinstance(row, dict) or "image" not in row or "instruction" not in row:
+            raise InputError(f"{path} line {number}: needs at least 'image' and 'instruction'")
+        if set(row) - allowed:
+            raise InputError(f"{path} line {number}: unknown keys {sorted(set(row) - allowed)}")
+        seed = row.get("seed", 42)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise InputError(f"{path} line {number}: seed must be an integer")
+        name = row.get("output", f"{number:05d}.png")
+        if not isinstance(name, str) or Path(name).name != name or name in {"", ".", ".."}:
+            raise InputError(f"{path} line {number}: output must be a plain file name, got {name!r}")
+        if not isinstance(row["instruction"], str):
+            raise InputError(f"{path} line {number}: instruction must be a string")
+        mask = row.get("mask")
+        job = BatchJob(
+            image=str(path.parent / row["image"]),
+            instruction=row["instruction"],
+            seed=seed,
+            mask=str(path.parent / mask) if mask else None,
+            output=out_dir / name,
+            line=number,
+        )
+        if overwrite or not job.output.exists():
+            jobs.append(job)
+    return jobs
+
+
+def _check_outputs(jobs: list[BatchJob]) -> None:
+    suffixes = {".png", ".jpg", ".jpeg", ".webp"}
+    for job in jobs:
+        if job.output.suffix.lower() not in suffixes:
+            raise InputError(f"output {job.output} must end in one of {', '.join(sorted(suffixes))}")
+    seen: set[Path] = set()
+    for job in jobs:
+        if job.output in seen:
+            raise InputError(f"two edits write to {job.output}; give each line its own 'output'")
+        seen.add(job.output)
+
+
+def _side_by_side(left, right):
+    from PIL import Image
+
+    pair = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
+    pair.paste(left, (0, 0))
+    pair.paste(right, (left.width, 0))
+    return pair
+
+
+def _diptych_path(target: Path, job: BatchJob, *, batch: bool) -> Path:
+    # In batch mode --save-diptych names a folder; each pair is named after its output.
+    return target / job.output.name if batch else target
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""The Editor: load a Fill model (+ adapter) once, then edit images from text instructions.
+
+An edit is ICEdit's in-context inpainting: the source on the left of a diptych, the right half masked, and
+a prompt saying the right is the left "but {instruction}". The Fill model completes the right half.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, FluxFillPipeline, FluxTransformer2DModel
+from PIL import Image
+
+from . import canvas as cv
+from .adapters.lora import load_lora, read_adapter_state_dict
+from .encoders import FluxPromptEncoder, PromptEncoder
+from .errors import InputError, WeightsError
+from .images import load_image, load_mask, validate_instruction
+from .prompts import build_prompt, resolve_template
+from .sampler import FillSampler, FillState
+
+DEFAULT_BASE = "black-forest-labs/FLUX.1-Fill-dev"
+OFFLOAD_MODES = ("none", "model", "sequential")
+
+ImageInput = str | os.PathLike | bytes | Image.Image
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class EditRequest:
+    """One edit of a batch: an image, an instruction, a seed and an optional mask (white = may change)."""
+
+    image: ImageInput
+    instruction: str
+    seed: int = 42
+    mask: ImageInput | None = None
+
+
+@dataclass
+class PreparedEdit:
+    """An edit after input validation and layout, ready to be batched with others of the same canvas size."""
+
+    source: Image.Image  # the loaded source, at its own size
+    panel_source: Image.Image  # the source resized to the panel
+    canvas: Image.Image
+    fill_mask: Image.Image
+    prompt: str
+    seed: int
+    mask: Image.Image | None  # user mask at the source's size
+    keep_grid: np.ndarray | None  # latent cells of the canvas that must keep the source
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class Editor:
+    """Instruction-based editing with a FLUX.1 Fill pipeline.
+
+    Example:
+        >>> editor = Editor.from_pretrained("black-forest-labs/FLUX.1-Fill-dev", adapter="RiverZ/normal-lora")
+        >>> edited = editor.edit("cat.png", "make the cat wear a red hat", seed=42)
+    """
+
+    def __init__(
+        self,
+        pipe: FluxFillPipeline,
+        *,
+        encoder: PromptEncoder | None = None,
+        default_width: int = 512,
+        max_canvas_pixels: int = cv.DEFAULT_MAX_CANVAS_PIXELS,
+    ):
+        check_fill_transformer(pipe.transformer.config, pipe.vae.config, where="this pipeline")
+        self.pipe = pipe
+        self.encoder: PromptEncoder = encoder or FluxPromptEncoder(pipe)
+        self.sampler = FillSampler(pipe)
+        self.default_width = default_width
+        self.max_canvas_pixels = max_canvas_pixels
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | os.PathLike = DEFAULT_BASE,
+        adapter: str | os.PathLike | None = None,
+        *,
+        adapter_scale: float = 1.0,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        offload: str = "none",
+        local_files_only: bool = False,
+    ) -> Editor:
+        """Load a Fill model from the hub or a local diffusers folder, plus an optional LoRA adapter.
+
+        `offload`: "none" (everything on `device`), "model" (each model moves to the GPU while it runs;
+        fits 24 GB cards) or "sequential" (layer by layer; least memory, slowest).
+        """
+        if offload not in OFFLOAD_MODES:
+            raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+        device = torch.device(device) if device is not None else default_device()
+        dtype = _parse_dtype(dtype) if dtype is not None else default_dtype(device)
+        if offload != "none" and device.type == "cpu":
+            raise InputError(f"offload={offload!r} moves models to an accelerator; with device=cpu use 'none'")
+
+        base = str(base)
+        _check_base_exists(base)
+        transformer_cfg = _load_config(FluxTransformer2DModel, base, "transformer", local_files_only)
+        vae_cfg = _load_config(AutoencoderKL, base, "vae", local_files_only)
+        check_fill_transformer(transformer_cfg, vae_cfg, where=base)
+        try:
+            pipe = FluxFillPipeline.from_pretrained(base, torch_dtype=dtype, local_files_only=local_files_only)
+        except (OSError, ValueError) as err:
+            raise WeightsError(f"cannot load the pipeline from {base}: {err}") from err
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.eval()
+
+        if adapter is not None:
+            state_dict = read_adapter_state_dict(adapter, local_files_only=local_files_only)
+            load_lora(pipe, state_dict, scale=adapter_scale)
+
+        if offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        elif offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+        return cls(pipe)
+
+    # ------------------------------------------------------------------ editing
+    def edit(
+        self,
+        image: ImageInput,
+        instruction: str,
+        *,
+        seed: int = 42,
+        steps: int = 28,
+        guidance: float = 50.0,
+        width: int | None = None,
+        template: str | None = None,
+        mask: ImageInput | None = None,
+        keep_size: bool = False,
+        feather: int = 3,
+        progress: ProgressCallback | None = None,
+    ) -> Image.Image:
+        """Edit one image; returns the edited panel (`width` wide, or the source's size with `keep_size`).
+
+        `mask` (white = may change) restricts the edit: latents outside it are blended back to the source
+        at every step, and the final image takes the source's pixels outside the mask exactly.
+        """
+        request = EditRequest(image, instruction, seed, mask)
+        return self.edit_many(
+            [request],
+            steps=steps,
+            guidance=guidance,
+            width=width,
+            template=template,
+            keep_size=keep_size,
+            feather=feather,
+            progress=progress,
+        )[0]
+
+    def edit_many(
+        self,
+        requests: Iterable[EditRequest | tuple | dict],
+        *,
+        steps: int = 28,
+        guidance: float = 50.0,
+        width: int | None = None,
+        template: str | None = None,
+        keep_size: bool = False,
+        feather: int = 3,
+        batch_size: int = 4,
+        progress: ProgressCallback | None = None,
+    ) -> list[Image.Image]:
+        """Edit several images, batching those of the same canvas size through the transformer.
+
+        Each result equals the single edit with the same seed (up to float rounding of batched kernels).
+        `progress(done, total)` counts denoising steps over all batches.
+        """
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        prepared = [self.prepare(_as_request(r, i), width=width, template=template) for i, r in enumerate(requests)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault(item.canvas.size, []).append(index)
+        chunks = [ids[i : i + batch_size] for ids in groups.values() for i in range(0, len(ids), batch_size)]
+        total, done = steps * len(chunks), 0
+        results: list[Image.Image | None] = [None] * len(prepared)
+        for chunk in chunks:
+            items = [prepared[i] for i in chunk]
+            state = self.start(items, steps=steps, guidance=guidance)
+
+            def on_step(step: int, _total: int, offset: int = done) -> None:
+                if progress is not None:
+                    progress(offset + step, total)
+
+            state = self.sampler.run(state, callback=on_step)
+            done += steps
+            for index, item, image in zip(chunk, items, self.sampler.decode_state(state), strict=True):
+                results[index] = self.finish(item, image, keep_size=keep_size, feather=feather)
+        self.pipe.maybe_free_model_hooks()
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ building blocks
+    # Public so that the early filter, the UI and benchmarks compose them without re-implementing.
+    def prepare(self, request: EditRequest, *, width: int | None = None, template: str | None = None) -> PreparedEdit:
+        """Validate inputs and lay out the diptych for one edit."""
+        resolve_template(template)
+        instruction = validate_instruction(request.instruction)
+        source = load_image(request.image)
+        panel = cv.plan_panel(
+            source.size,
+            width or self.default_width,
+            multiple=2 * self.sampler.vae_scale,
+            max_canvas_pixels=self.max_canvas_pixels,
+        )
+        panel_source = cv.fit_panel(source, panel)
+        canvas, fill_mask = cv.compose_diptych(panel_source)
+        mask = keep_grid = None
+        if request.mask is not None:
+            mask = load_mask(request.mask, size=source.size)
+            cell = self.sampler.vae_scale  # pixels per latent cell
+            rows, cols = panel.height // cell, panel.width // cell
+            right = cv.keep_map(cv.fit_mask(mask, (panel.width, panel.height)), (cols, rows))
+            keep_grid = np.concatenate([np.zeros_like(right), right], axis=1)
+        return PreparedEdit(
+            source=source,
+            panel_source=panel_source,
+            canvas=canvas,
+            fill_mask=fill_mask,
+            prompt=build_prompt(instruction, template),
+            seed=int(request.seed),
+            mask=mask,
+            keep_grid=keep_grid,
+        )
+
+    def start(self, items: Sequence[PreparedEdit], *, steps: int, guidance: float) -> FillState:
+        """The initial sampling state of a batch of prepared edits with the same canvas size."""
+        embeds, pooled = self.encoder.encode([item.prompt for item in items])
+        keep = [item.keep_grid for item in items] if any(i.keep_grid is not None for i in items) else None
+        return self.sampler.prepare(
+            [item.canvas for item in items],
+            [item.fill_mask for item in items],
+            embeds,
+            pooled,
+            seeds=[item.seed for item in items],
+            steps=steps,
+            guidance=guidance,
+            keep_masks=keep,
+        )
+
+    @staticmethod
+    def finish(item: PreparedEdit, canvas: Image.Image, *, keep_size: bool = False, feather: int = 3) -> Image.Image:
+        """Crop the edited panel, resize it back if asked, and composite the user mask."""
+        edited = cv.crop_right(canvas)
+        reference = item.panel_source
+        if keep_size and edited.size != item.source.size:
+            edited = edited.resize(item.source.size, Image.Resampling.BICUBIC)
+            reference = item.source
+        elif keep_size:
+            reference = item.source
+        if item.mask is not None:
+            edited = cv.feathered_composite(reference, edited, cv.fit_mask(item.mask, edited.size), feather)
+        return edited
+
+
+# ---------------------------------------------------------------------- helpers
+def _as_request(item: EditRequest | tuple | dict, index: int) -> EditRequest:
+    if isinstance(item, EditRequest):
+        return item
+    if isinstance(item, dict):
+        unknown = set(item) - {"image", "instruction", "seed", "mask"}
+        if unknown or "image" not in item or "instruction" not in item:
+            raise InputError(
+                f"edit #{index}: expected keys image, instruction[, seed, mask]; got {', '.join(sorted(item))}"
+            )
+        return EditRequest(**item)
+    if isinstance(item, tuple) and 2 <= len(item) <= 4:
+        return EditRequest(*item)
+    raise InputError(f"edit #{index}: expected an EditRequest, a dict or an (image, instruction, seed) tuple")
+
+
+def _parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
+    if dtype not in names:
+        raise InputError(f"dtype must be one of {', '.join(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+def _check_base_exists(base: str) -> None:
+    path = Path(base)
+    looks_local = path.is_absolute() or base.startswith(".") or base.count("/") != 1 or path.exists()
+    if looks_local and not path.is_dir():
+        raise WeightsError(f"base model folder {base} does not exist")
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        raise WeightsError(
+            f"{base} is not a diffusers pipeline folder (no model_index.json); save one with "
+            "FluxFillPipeline.save_pretrained or download black-forest-labs/FLUX.1-Fill-dev"
+        )
+
+
+def _load_config(model_cls, base: str, subfolder: str, local_files_only: bool) -> dict:
+    try:
+        return model_cls.load_config(base, subfolder=subfolder, local_files_only=local_files_only)
+    except Exception as err:
+        if Path(base).is_dir():
+            raise WeightsError(f"{base}/{subfolder} has no readable config.json ({err})") from err
+        raise WeightsError(
+            f"cannot load {base!r}: its weights are not in the local Hugging Face cache and the hub could not "
+            f"be reached ({type(err).__name__}). FLUX.1 Fill dev is gated: accept its licence on the hub page, "
+            f"log in (`huggingface-cli login`), then `huggingface-cli download {base}`; or pass a local folder"
+        ) from err
+
+
+def check_fill_transformer(transformer_cfg, vae_cfg, *, where: str) -> None:
+    """Refuse a transformer that is not a Fill model: its input must take noisy latents, masked-image latents
+    and the packed mask (384 channels for FLUX.1 Fill)."""
+    latent = vae_cfg["latent_channels"]
+    scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    expected = 8 * latent + 4 * scale * scale
+    got = transformer_cfg["in_channels"]
+    if got != expected:
+        hint = " (a text-to-image FLUX model)" if got == 4 * latent else ""
+        raise WeightsError(
+            f"{where} is not a FLUX Fill model: its transformer takes {got} input channels{hint}, a Fill model "
+            f"takes {expected}. Use black-forest-labs/FLUX.1-Fill-dev or a folder saved from it"
+        )

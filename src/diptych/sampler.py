@@ -1,0 +1,308 @@
+"""Step-level control over FLUX.1 Fill sampling: prepare, run some steps, preview, resume.
+
+`FillSampler` runs the same computation as `diffusers.FluxFillPipeline.__call__` (the parity tests check
+bit equality) but as a loop whose state is an explicit value, `FillState`. That state can stop after K
+steps, give an x0 preview, be sliced to the candidates worth keeping, be saved and loaded, and resume:
+K steps + resume equal an uninterrupted run bit for bit.
+
+Two details make that exact:
+- The pipeline draws from the seed's generator three times: a *sampled* VAE encode of the canvas (whose
+  result it multiplies by zero at strength 1), the noise, then a sampled encode of the masked canvas. We
+  replay the first draw without the encode, and cache the masked-canvas latents in the state, so resuming
+  never touches the generator.
+- Modules run in eval mode (dropout off); loaders and the tiny rig guarantee it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FluxFillPipeline
+from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from .errors import InputError
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass
+class FillState:
+    """Everything needed to continue sampling a batch of diptychs from step `step`.
+
+    Packed tensors have shape (B, tokens, channels) as Flux uses them. `keep_*` are set only for edits
+    restricted by a user mask.
+    """
+
+    latents: torch.Tensor  # noisy latents at sigmas[step]
+    condition: torch.Tensor  # masked-canvas latents and packed Fill mask, concatenated on channels
+    prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor
+    guidance: torch.Tensor  # (B,) float32
+    sigmas: torch.Tensor  # (N + 1,) float32, ending in 0
+    timesteps: torch.Tensor  # (N,)
+    noise: torch.Tensor  # the initial latents, to re-noise kept regions
+    height: int
+    width: int
+    step: int = 0
+    keep_latents: torch.Tensor | None = None
+    keep_mask: torch.Tensor | None = None
+    x0: torch.Tensor | None = None  # prediction of the clean latents at the last step run
+
+    _TENSORS = (
+        "latents",
+        "condition",
+        "prompt_embeds",
+        "pooled_prompt_embeds",
+        "guidance",
+        "sigmas",
+        "timesteps",
+        "noise",
+        "keep_latents",
+        "keep_mask",
+        "x0",
+    )
+    _BATCHED = (
+        "latents",
+        "condition",
+        "prompt_embeds",
+        "pooled_prompt_embeds",
+        "guidance",
+        "noise",
+        "keep_latents",
+        "keep_mask",
+        "x0",
+    )
+
+    @property
+    def batch_size(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.num_steps
+
+    def select(self, indices: Sequence[int]) -> FillState:
+        """The state of a subset of the batch (e.g. the early filter's winner)."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        picked = {
+            name: getattr(self, name).index_select(0, index.to(getattr(self, name).device))
+            for name in self._BATCHED
+            if getattr(self, name) is not None
+        }
+        return replace(self, **picked)
+
+    def save(self, path: str | Path) -> None:
+        """Write the state as one safetensors file (atomic: temp file + rename)."""
+        path = Path(path)
+        tensors = {
+            name: getattr(self, name).detach().cpu().contiguous()
+            for name in self._TENSORS
+            if getattr(self, name) is not None
+        }
+        meta = {"height": self.height, "width": self.width, "step": self.step}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"diptych_fill_state": json.dumps(meta)})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> FillState:
+        """Read a state written by `save`; tensors go to `device`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta_text = (f.metadata() or {}).get("diptych_fill_state")
+        if meta_text is None:
+            raise InputError(f"{path} is not a diptych sampling state (no 'diptych_fill_state' metadata)")
+        tensors = load_file(str(path), device=str(device))
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in tensors.items() if k in names}, **json.loads(meta_text))
+
+
+class FillSampler:
+    """Runs FLUX.1 Fill sampling on prepared diptychs, one explicit step at a time."""
+
+    def __init__(self, pipe: FluxFillPipeline):
+        self.pipe = pipe
+
+    @property
+    def vae_scale(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    # ---------------------------------------------------------------- preparation
+    @torch.no_grad()
+    def prepare(
+        self,
+        canvases: Sequence[Image.Image],
+        fill_masks: Sequence[Image.Image],
+        prompt_embeds: torch.Tensor,
+        pooled_prompt_embeds: torch.Tensor,
+        *,
+        seeds: Sequence[int],
+        steps: int,
+        guidance: float | Sequence[float],
+        keep_masks: Sequence[np.ndarray | None] | None = None,
+    ) -> FillState:
+        """Initial state for a batch of same-sized canvases, drawing from each seed as the pipeline does.
+
+        `keep_masks[i]`, if given, is a (rows, cols) array over the latent grid of the whole canvas:
+        1 where the latents must stay the canvas's own (re-noised to the current level each step).
+        """
+        pipe, device = self.pipe, self.pipe._execution_device
+        batch = len(canvases)
+        if not (len(fill_masks) == len(seeds) == batch == prompt_embeds.shape[0]):
+            raise InputError("canvases, masks, seeds and prompts must have the same length")
+        if steps < 1:
+            raise InputError(f"steps must be at least 1, got {steps}")
+        width, height = canvases[0].size
+        if any(c.size != (width, height) for c in canvases):
+            raise InputError("all canvases in one batch must have the same size")
+        dtype = prompt_embeds.dtype
+        lc, s = self.latent_channels, self.vae_scale
+        lat_h, lat_w = 2 * (height // (s * 2)), 2 * (width // (s * 2))
+
+        init = pipe.image_processor.preprocess(list(canvases), height=height, width=width).to(torch.float32)
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        vae_dtype = pipe.vae.dtype
+        noise = []
+        for gen in generators:
+            # Replay the draw of the pipeline's sampled encode of the canvas (multiplied by zero at strength 1).
+            randn_tensor((1, lc, lat_h, lat_w), generator=gen, device=torch.device("cpu"), dtype=vae_dtype)
+            noise.append(randn_tensor((1, lc, lat_h, lat_w), generator=gen, device=device, dtype=dtype))
+        latents = pipe._pack_latents(torch.cat(noise), batch, lc, lat_h, lat_w)
+
+        fill = pipe.mask_processor.preprocess(list(fill_masks), height=height, width=width)
+        masked = (init * (1 - fill)).to(device=device, dtype=dtype)
+        mask, masked_latents = pipe.prepare_mask_latents(
+            fill, masked, batch, lc, 1, height, width, dtype, device, generators
+        )
+        condition = torch.cat((masked_latents, mask), dim=-1)
+
+        keep_latents = keep_mask = None
+        if keep_masks is not None and any(k is not None for k in keep_masks):
+            keep_latents, keep_mask = self._keep_tensors(init, keep_masks, lat_h, lat_w, dtype, device)
+
+        sigmas, timesteps = self.schedule(steps, height, width, device)
+        guidance_values = [guidance] * batch if isinstance(guidance, int | float) else list(guidance)
+        return FillState(
+            latents=latents,
+            condition=condition,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            guidance=torch.tensor(guidance_values, dtype=torch.float32, device=device),
+            sigmas=sigmas,
+            timesteps=timesteps,
+            noise=latents.clone(),
+            height=height,
+            width=width,
+            keep_latents=keep_latents,
+            keep_mask=keep_mask,
+        )
+
+    def schedule(self, steps: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's sigmas (with the resolution-dependent shift) and timesteps for `steps` steps."""
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        seq_len = (height // self.vae_scale // 2) * (width // self.vae_scale // 2)
+        cfg = scheduler.config
+        mu = calculate_shift(
+            seq_len,
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
+        return scheduler.sigmas.clone(), timesteps
+
+    def _keep_tensors(self, init, keep_masks, lat_h, lat_w, dtype, device):
+        lc = self.latent_channels
+        # The clean latents of the canvas (its right panel holds the source): the mode, not a sample,
+        # so keep-blending draws nothing from the seed's generator.
+        clean = self.pipe.vae.encode(init.to(device=device, dtype=self.pipe.vae.dtype)).latent_dist.mode()
+        vae_cfg = self.pipe.vae.config
+        clean = ((clean - vae_cfg.shift_factor) * vae_cfg.scaling_factor).to(dtype)
+        grids = [np.zeros((lat_h, lat_w), np.float32) if k is None else np.asarray(k, np.float32) for k in keep_masks]
+        if any(g.shape != (lat_h, lat_w) for g in grids):
+            raise InputError(f"keep masks must be ({lat_h}, {lat_w}) latent grids")
+        grid = torch.from_numpy(np.stack(grids))[:, None].expand(-1, lc, -1, -1).to(device=device, dtype=dtype)
+        batch = len(keep_masks)
+        pack = self.pipe._pack_latents
+        return pack(clean, batch, lc, lat_h, lat_w), pack(grid.contiguous(), batch, lc, lat_h, lat_w)
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def step(self, state: FillState) -> FillState:
+        """One Euler step of the flow, exactly as the pipeline and FlowMatchEulerDiscreteScheduler do it."""
+        if state.done:
+            raise InputError(f"sampling already finished ({state.num_steps} steps)")
+        pipe, i = self.pipe, state.step
+        latents = state.latents
+        s = self.vae_scale
+        lat_h, lat_w = 2 * (state.height // (s * 2)), 2 * (state.width // (s * 2))
+        image_ids = pipe._prepare_latent_image_ids(None, lat_h // 2, lat_w // 2, latents.device, latents.dtype)
+        text_ids = torch.zeros(state.prompt_embeds.shape[1], 3, device=latents.device, dtype=latents.dtype)
+        t = state.timesteps[i]
+        timestep = t.expand(latents.shape[0]).to(latents.dtype)
+        guidance = state.guidance if pipe.transformer.config.guidance_embeds else None
+        velocity = pipe.transformer(
+            hidden_states=torch.cat((latents, state.condition), dim=2),
+            timestep=timestep / 1000,
+            guidance=guidance,
+            pooled_projections=state.pooled_prompt_embeds,
+            encoder_hidden_states=state.prompt_embeds,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+            return_dict=False,
+        )[0]
+        sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
+        x0 = latents - sigma.to(latents.device, latents.dtype) * velocity
+        new_latents = (latents.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
+        if state.keep_mask is not None:
+            level = sigma_next.to(new_latents.device, new_latents.dtype)
+            kept = (1 - level) * state.keep_latents + level * state.noise
+            new_latents = state.keep_mask * kept + (1 - state.keep_mask) * new_latents
+        return replace(state, latents=new_latents, step=i + 1, x0=x0)
+
+    def run(self, state: FillState, *, until: int | None = None, callback: StepCallback | None = None) -> FillState:
+        """Run steps until step index `until` (default: the end). `callback(step, total)` after each."""
+        stop = state.num_steps if until is None else min(until, state.num_steps)
+        while state.step < stop:
+            state = self.step(state)
+            if callback is not None:
+                callback(state.step, state.num_steps)
+        return state
+
+    # ---------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+        """Packed latents -> canvas images, as the pipeline's post-processing."""
+        pipe = self.pipe
+        unpacked = pipe._unpack_latents(latents, height, width, self.vae_scale)
+        unpacked = unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        images = pipe.vae.decode(unpacked.to(pipe.vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(images, output_type="pil")
+
+    def decode_state(self, state: FillState) -> list[Image.Image]:
+        """The current canvases: final images when done, else the x0 previews of the last step."""
+        if state.done:
+            return self.decode(state.latents, state.height, state.width)
+        if state.x0 is None:
+            raise InputError("no preview yet: run at least one step first")
+        return self.decode(state.x0, state.height, state.width)

@@ -1,0 +1,171 @@
+"""Tiny random models built offline, for tests, benchmarks and examples without any download.
+
+`build_tiny_fill_pipeline` makes a complete `FluxFillPipeline` (CLIP + T5 text encoders with tokenizers
+built in memory, a small VAE and a small Fill transformer); `save_pretrained` writes it in the same layout
+as FLUX.1 Fill dev, so tests load it through the same `Editor.from_pretrained` path users take.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+
+_CHARS = string.ascii_lowercase + string.digits + ".,!?'-:;()\"{}"
+
+
+def tiny_clip_tokenizer() -> CLIPTokenizer:
+    """A character-level CLIP BPE tokenizer (no merges) with CLIP's special tokens and 77-token limit."""
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokens = specials + list(_CHARS) + [c + "</w>" for c in _CHARS]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def tiny_t5_tokenizer() -> T5TokenizerFast:
+    """A character-level Unigram tokenizer wrapped as T5's fast tokenizer."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -3.0) for c in _CHARS] + [("▁" + c, -2.5) for c in _CHARS]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tok, extra_ids=0, model_max_length=512)
+
+
+def build_tiny_fill_pipeline(
+    seed: int = 0,
+    *,
+    latent_channels: int = 4,
+    vae_levels: int = 2,
+    num_layers: int = 1,
+    num_single_layers: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> FluxFillPipeline:
+    """A random FLUX.1-Fill-shaped pipeline small enough for a CPU test (well under 1 MB of weights)."""
+    torch.manual_seed(seed)
+    clip_tok, t5_tok = tiny_clip_tokenizer(), tiny_t5_tokenizer()
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(clip_tok),
+            projection_dim=32,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=32,
+            d_ff=37,
+            d_kv=8,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * vae_levels,
+        up_block_types=["UpDecoderBlock2D"] * vae_levels,
+        block_out_channels=(8,) * vae_levels,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    scale = 2 ** (vae_levels - 1)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        # noisy latents + masked-image latents (4*lc each after 2x2 packing) + the packed pixel mask
+        in_channels=8 * latent_channels + 4 * scale * scale,
+        out_channels=4 * latent_channels,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        base_shift=0.5,
+        max_shift=1.15,
+    )
+    pipe = FluxFillPipeline(
+        scheduler=scheduler,
+        vae=vae.eval(),
+        text_encoder=clip.eval(),
+        tokenizer=clip_tok,
+        text_encoder_2=t5.eval(),
+        tokenizer_2=t5_tok,
+        transformer=transformer.eval(),
+    )
+    return pipe.to(dtype=dtype)
+
+
+def save_tiny_fill_pipeline(path: str | Path, seed: int = 0, **kwargs) -> Path:
+    """Build a tiny pipeline and write it in diffusers layout; returns the folder."""
+    path = Path(path)
+    build_tiny_fill_pipeline(seed, **kwargs).save_pretrained(path)
+    return path
+
+
+def random_lora_state_dict(
+    transformer: FluxTransformer2DModel,
+    *,
+    rank: int = 4,
+    targets: tuple[str, ...] = ("attn.to_q", "attn.to_k", "attn.to_v", "ff.net.2", "proj_mlp"),
+    seed: int = 0,
+    std: float = 0.2,
+) -> dict[str, torch.Tensor]:
+    """A LoRA in diffusers' Flux format (`transformer.<module>.lora_A/B.weight`) with non-zero B, so it
+    visibly changes the output, on every Linear whose name ends with one of `targets`."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(targets) and "blocks" in name:
+            state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=gen) * std
+            state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=gen) * std
+    return state
+
+
+def save_random_lora(path: str | Path, transformer: FluxTransformer2DModel, **kwargs) -> Path:
+    """Write `random_lora_state_dict` as a .safetensors file."""
+    path = Path(path)
+    save_file({k: v.contiguous() for k, v in random_lora_state_dict(transformer, **kwargs).items()}, str(path))
+    return path
+
+
+def random_image(width: int, height: int, seed: int = 0):
+    """A PIL RGB image of uniform random pixels (reproducible from `seed`)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
