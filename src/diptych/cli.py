@@ -15,6 +15,8 @@ examples:
   diptych edit cat.png "make the cat wear a red hat" -o hat.png --lora RiverZ/normal-lora
   diptych edit room.jpg "remove the lamp" -o out.png --mask lamp_mask.png --keep-size
   diptych edit --batch edits.jsonl --out-dir results/ --base ./FLUX.1-Fill-dev --offload model
+  diptych edit cat.png "make it snow" -o snow.png --candidates 6 --early-steps 10 \
+      --judge "vlm:http://localhost:8000/v1?model=Qwen/Qwen2.5-VL-72B-Instruct" --save-candidates cands/
 
 batch files hold one JSON object per line; paths are relative to the file:
   {"image": "cat.png", "instruction": "make it snow", "seed": 7, "mask": "m.png", "output": "snow.png"}
@@ -71,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--feather", type=int, default=3, help="mask edge feather in pixels (default 3)")
     sampling.add_argument("--keep-size", action="store_true", help="resize the result to the source's size")
     sampling.add_argument("--batch-size", type=int, default=4, help="edits per transformer batch (default 4)")
+    scaling = edit.add_argument_group("early filter (inference-time scaling)")
+    scaling.add_argument("--candidates", type=int, default=1, help="seeds to try (default 1: no filter)")
+    scaling.add_argument("--early-steps", type=int, default=10, help="steps per candidate before judging")
+    scaling.add_argument(
+        "--judge",
+        default=None,
+        help="judge spec: clip[:PATH], vlm:URL?model=NAME, local-vlm:PATH, python:module:function",
+    )
+    scaling.add_argument(
+        "--strategy",
+        choices=("auto", "knockout", "bubble", "score"),
+        default="auto",
+        help="tournament (default auto: score if the judge scores, else bubble)",
+    )
+    scaling.add_argument("--swap", action="store_true", help="ask pairwise judges both orders (position bias)")
+    scaling.add_argument("--save-candidates", metavar="DIR", help="write previews and the judge's choices here")
     edit.add_argument("--save-diptych", metavar="PATH", help="also write the before/after pair side by side")
     edit.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     edit.set_defaults(func=run_edit)
@@ -115,6 +133,17 @@ def run_edit(args: argparse.Namespace) -> int:
                 load_mask(job.mask, size=size)
         except DiptychError as err:
             raise type(err)(f"{where}{err}") from err
+    judge = None
+    if args.candidates > 1:
+        if args.batch:
+            raise InputError("--candidates works on single edits; run them one by one for now")
+        if not args.judge:
+            raise InputError("--candidates needs --judge, e.g. --judge clip or --judge python:mymodule:score")
+        if not 1 <= args.early_steps <= args.steps:
+            raise InputError(f"--early-steps must be between 1 and --steps ({args.steps})")
+        from .scaling.spec import load_judge
+
+        judge = load_judge(args.judge)
     if not jobs:
         print("diptych: nothing to do: every output exists (use --overwrite to redo)", file=sys.stderr)
         return 0
@@ -135,6 +164,8 @@ def run_edit(args: argparse.Namespace) -> int:
     )
     if args.max_pixels:
         editor.max_canvas_pixels = args.max_pixels
+    if judge is not None:
+        return _run_early_filter(editor, jobs[0], judge, args)
     bar = tqdm(total=len(jobs) * args.steps, unit="step", disable=args.quiet, desc="editing")
     chunk = max(1, args.batch_size) * 4  # write results as they finish, so an interrupted batch resumes
     for start in range(0, len(jobs), chunk):
@@ -165,6 +196,50 @@ def run_edit(args: argparse.Namespace) -> int:
     bar.close()
     where = args.out_dir if args.batch else args.output
     print(f"wrote {len(jobs)} edit{'s' if len(jobs) != 1 else ''} to {where}", file=sys.stderr)
+    return 0
+
+
+def _run_early_filter(editor, job: BatchJob, judge, args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .editor import EditRequest
+    from .images import save_image_atomic
+    from .scaling.early_filter import edit_with_early_filter
+
+    total = args.candidates * args.early_steps + args.steps - args.early_steps
+    bar = tqdm(total=total, unit="NFE", disable=args.quiet, desc="early filter")
+
+    def progress(done: int, _total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    result = edit_with_early_filter(
+        editor,
+        EditRequest(job.image, job.instruction, job.seed, job.mask),
+        judge=judge,
+        candidates=args.candidates,
+        early_steps=args.early_steps,
+        steps=args.steps,
+        guidance=args.guidance,
+        width=args.width,
+        template=args.template,
+        keep_size=args.keep_size,
+        feather=args.feather,
+        strategy=args.strategy,
+        swap=args.swap,
+        batch_size=args.batch_size,
+        save_candidates=args.save_candidates,
+        progress=progress,
+    )
+    bar.close()
+    save_image_atomic(result.image, job.output)
+    sel = result.selection
+    print(
+        f"kept seed {result.seed} of {result.seeds[0]}..{result.seeds[-1]} "
+        f"({sel.judge_calls} judge calls, {result.nfe} NFE; restarting would cost {result.restart_nfe}); "
+        f"wrote {job.output}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from .errors import InputError, WeightsError
 from .images import load_image, load_mask, validate_instruction
 from .prompts import build_prompt, resolve_template
 from .sampler import FillSampler, FillState
+
+if TYPE_CHECKING:
+    from .scaling.judges import Judge
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-Fill-dev"
 OFFLOAD_MODES = ("none", "model", "sequential")
@@ -49,6 +53,7 @@ class PreparedEdit:
     panel_source: Image.Image  # the source resized to the panel
     canvas: Image.Image
     fill_mask: Image.Image
+    instruction: str
     prompt: str
     seed: int
     mask: Image.Image | None  # user mask at the source's size
@@ -154,14 +159,45 @@ class Editor:
         mask: ImageInput | None = None,
         keep_size: bool = False,
         feather: int = 3,
+        candidates: int = 1,
+        early_steps: int = 10,
+        judge: Judge | str | None = None,
+        strategy: str = "auto",
         progress: ProgressCallback | None = None,
     ) -> Image.Image:
         """Edit one image; returns the edited panel (`width` wide, or the source's size with `keep_size`).
 
         `mask` (white = may change) restricts the edit: latents outside it are blended back to the source
         at every step, and the final image takes the source's pixels outside the mask exactly.
+
+        With `candidates` > 1, early filtering: seeds `seed .. seed + candidates - 1` run `early_steps`
+        steps together, `judge` (a judge object or a spec such as "clip" or "python:mod:fn") picks one from
+        the x0 previews, and the winner resumes to `steps`. The result equals `edit(seed=winner)`. For the
+        previews, the judge's reasons and the NFE count, call
+        `diptych.scaling.early_filter.edit_with_early_filter` directly.
         """
         request = EditRequest(image, instruction, seed, mask)
+        if candidates > 1:
+            from .scaling.early_filter import edit_with_early_filter
+            from .scaling.spec import load_judge
+
+            if judge is None:
+                raise InputError("early filtering (candidates > 1) needs a judge, e.g. judge='clip'")
+            return edit_with_early_filter(
+                self,
+                request,
+                judge=load_judge(judge) if isinstance(judge, str) else judge,
+                candidates=candidates,
+                early_steps=early_steps,
+                steps=steps,
+                guidance=guidance,
+                width=width,
+                template=template,
+                keep_size=keep_size,
+                feather=feather,
+                strategy=strategy,
+                progress=progress,
+            ).image
         return self.edit_many(
             [request],
             steps=steps,
@@ -242,6 +278,7 @@ class Editor:
             panel_source=panel_source,
             canvas=canvas,
             fill_mask=fill_mask,
+            instruction=instruction,
             prompt=build_prompt(instruction, template),
             seed=int(request.seed),
             mask=mask,

@@ -1,0 +1,144 @@
+"""CLIPJudge on a tiny random CLIP saved and loaded back through CLIPJudge.from_pretrained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diptych.errors import InputError, WeightsError
+from diptych.scaling import CLIPJudge, load_judge, select_best
+
+INSTRUCTION = "make the ball red"
+
+
+def write_tokenizer_files(folder: Path) -> None:
+    """A tiny byte-level BPE vocabulary: special tokens, single letters, word-final letters, 2 merges."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters), "re", "red</w>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\nr e\nre d</w>\n")
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    tok_dir = folder / "tok"
+    tok_dir.mkdir()
+    write_tokenizer_files(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    assert tokenizer.tokenize("red") == ["red</w>"]  # the merges were read
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 32,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def images() -> tuple[Image.Image, list[Image.Image]]:
+    rng = np.random.default_rng(0)
+    source = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    cands = [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    return source, cands
+
+
+def reference_scores(folder: Path, source: Image.Image, cands: list[Image.Image], weight: float) -> list[float]:
+    """The formula computed independently: sub-modules of the model, numpy cosines."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    model = CLIPModel.from_pretrained(folder).eval()
+    pixels = CLIPImageProcessor.from_pretrained(folder)(images=[source, *cands], return_tensors="pt")
+    tokens = CLIPTokenizer.from_pretrained(folder)([INSTRUCTION], return_tensors="pt")
+    with torch.no_grad():
+        img = model.visual_projection(model.vision_model(pixel_values=pixels["pixel_values"]).pooler_output)
+        txt = model.text_projection(model.text_model(**tokens).pooler_output)[0]
+    img_np, txt_np = img.numpy().astype(np.float64), txt.numpy().astype(np.float64)
+
+    def cos(u: np.ndarray, v: np.ndarray) -> float:
+        return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+    src = img_np[0]
+    return [cos(e - src, txt_np) + weight * cos(e, src) for e in img_np[1:]]
+
+
+def test_scores_match_an_independent_computation(clip_dir: Path) -> None:
+    source, cands = images()
+    judge = CLIPJudge.from_pretrained(str(clip_dir), device="cpu")
+    assert judge.preserve_weight == 0.5
+    expected = reference_scores(clip_dir, source, cands, 0.5)
+    got = judge.score_many(source, cands, INSTRUCTION)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert judge.score(source, cands[1], INSTRUCTION) == pytest.approx(expected[1], abs=1e-5)
+    # Batch size does not change the result.
+    small = CLIPJudge(judge.model, judge.image_processor, judge.tokenizer, batch_size=1)
+    np.testing.assert_allclose(small.score_many(source, cands, INSTRUCTION), got, atol=1e-5)
+    # The selection follows the scores.
+    sel = select_best(judge, source, cands, INSTRUCTION)
+    assert sel.strategy == "score" and sel.index == int(np.argmax(expected))
+
+
+def test_preserve_weight_and_unchanged_candidate(clip_dir: Path) -> None:
+    source, cands = images()
+    judge = CLIPJudge.from_pretrained(str(clip_dir), device="cpu", preserve_weight=0.0)
+    np.testing.assert_allclose(
+        judge.score_many(source, cands, INSTRUCTION), reference_scores(clip_dir, source, cands, 0.0), atol=1e-5
+    )
+    # No change: the direction is undefined and counts 0; only the preservation term remains.
+    weighted = CLIPJudge(judge.model, judge.image_processor, judge.tokenizer, preserve_weight=2.0)
+    assert weighted.score(source, source.copy(), INSTRUCTION) == pytest.approx(2.0, abs=1e-4)
+
+
+def test_load_judge_clip_spec(clip_dir: Path) -> None:
+    judge = load_judge(f"clip:{clip_dir}?preserve_weight=0.25&device=cpu&batch_size=2")
+    assert isinstance(judge, CLIPJudge)
+    assert (judge.preserve_weight, judge.batch_size) == (0.25, 2)
+
+
+def test_missing_or_broken_weights_explain_how_to_get_them(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="does not exist"):
+        CLIPJudge.from_pretrained(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsError, match="could not load the CLIP judge model") as info:
+        CLIPJudge.from_pretrained(str(empty))
+    assert "save_pretrained" in str(info.value)
+
+
+def test_bad_inputs(clip_dir: Path) -> None:
+    judge = CLIPJudge.from_pretrained(str(clip_dir), device="cpu")
+    source, cands = images()
+    with pytest.raises(InputError, match="instruction"):
+        judge.score(source, cands[0], "")
+    with pytest.raises(InputError, match="PIL image"):
+        judge.score_many(source, [cands[0], np.zeros((4, 4, 3))], INSTRUCTION)  # type: ignore[list-item]
+    assert judge.score_many(source, [], INSTRUCTION) == []
+    with pytest.raises(InputError, match="batch_size"):
+        CLIPJudge(judge.model, judge.image_processor, judge.tokenizer, batch_size=0)
