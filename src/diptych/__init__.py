@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 __all__ = ["EditRequest", "Editor", "FillSampler", "FillState", "__version__"]
 
 if TYPE_CHECKING:
-    from .editor import EditRequest, Editor
+    from .editor import Editor, EditRequest
     from .sampler import FillSampler, FillState
 
 
