@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--base", default=None, help="Fill model: hub id or local diffusers folder")
     model.add_argument("--lora", default=None, help="adapter: .safetensors file, folder or hub id")
     model.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (default 1.0)")
+    model.add_argument(
+        "--moe-dispatch",
+        choices=("dense", "sparse"),
+        default="dense",
+        help="LoRA-MoE adapters: dense (official) or sparse (only the chosen experts; faster)",
+    )
+    model.add_argument("--routing-stats", metavar="JSON", help="LoRA-MoE adapters: write expert usage per layer")
     model.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
     model.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
     model.add_argument(
@@ -92,6 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--save-diptych", metavar="PATH", help="also write the before/after pair side by side")
     edit.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     edit.set_defaults(func=run_edit)
+
+    export = sub.add_parser(
+        "export-lora",
+        help="turn a LoRA-MoE adapter into a plain LoRA (for ComfyUI, fusing, other tools)",
+        description=(
+            "Export a LoRA-MoE adapter as one plain LoRA in diffusers format. Each MoE layer's experts are "
+            "combined exactly (rank E*r): weighted by 1/E (mean) or by measured expert usage."
+        ),
+        epilog=(
+            "examples:\n"
+            "  diptych export-lora ICEdit-MoE-LoRA.safetensors -o icedit-merged.safetensors\n"
+            '  diptych edit in.png "make it snow" -o o.png --lora moe.safetensors --routing-stats usage.json\n'
+            "  diptych export-lora moe.safetensors -o merged.safetensors --weighting usage --usage usage.json\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("adapter", help="LoRA-MoE .safetensors file")
+    export.add_argument("-o", "--output", required=True, help="plain LoRA .safetensors to write")
+    export.add_argument("--weighting", choices=("mean", "usage"), default="mean", help="expert weights")
+    export.add_argument("--usage", metavar="JSON", help="expert usage per layer (from edit --routing-stats)")
+    export.set_defaults(func=run_export_lora)
     return parser
 
 
@@ -161,7 +189,14 @@ def run_edit(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         offload=args.offload,
         local_files_only=args.local_files_only,
+        moe_dispatch=args.moe_dispatch,
     )
+    if args.routing_stats:
+        if editor.adapter_kind != "moe":
+            raise InputError("--routing-stats needs a LoRA-MoE adapter (--lora with expert weights)")
+        from .adapters import set_collect_stats
+
+        set_collect_stats(editor.pipe.transformer, True)
     if args.max_pixels:
         editor.max_canvas_pixels = args.max_pixels
     if judge is not None:
@@ -194,6 +229,8 @@ def run_edit(args: argparse.Namespace) -> int:
                 pair = _side_by_side(before, image)
                 save_image_atomic(pair, _diptych_path(Path(args.save_diptych), job, batch=bool(args.batch)))
     bar.close()
+    if args.routing_stats:
+        _write_routing_stats(editor, Path(args.routing_stats))
     where = args.out_dir if args.batch else args.output
     print(f"wrote {len(jobs)} edit{'s' if len(jobs) != 1 else ''} to {where}", file=sys.stderr)
     return 0
@@ -240,6 +277,58 @@ def _run_early_filter(editor, job: BatchJob, judge, args: argparse.Namespace) ->
         f"wrote {job.output}",
         file=sys.stderr,
     )
+    return 0
+
+
+def _write_routing_stats(editor, path: Path) -> None:
+    from .adapters import routing_stats
+
+    stats = routing_stats(editor.pipe.transformer)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(stats, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _stored_alpha(adapter: str) -> float | None:
+    """The single alpha diptych records in an adapter's metadata (None for official files: alpha = rank)."""
+    from safetensors import safe_open
+
+    from .adapters.lora import resolve_adapter_file
+    from .adapters.moe_io import METADATA_KEY
+
+    with safe_open(str(resolve_adapter_file(adapter)), framework="pt") as f:
+        raw = (f.metadata() or {}).get(METADATA_KEY)
+    alphas = set(json.loads(raw).get("alphas", {}).values()) if raw else set()
+    if len(alphas) > 1:
+        raise InputError(f"{adapter} has layers with different alphas {sorted(alphas)}; export it from Python")
+    return float(alphas.pop()) if alphas else None
+
+
+def run_export_lora(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from .adapters import export_moe_to_lora, is_moe_state_dict
+    from .adapters.lora import read_adapter_state_dict
+
+    state_dict = read_adapter_state_dict(args.adapter)
+    if not is_moe_state_dict(state_dict):
+        raise InputError(f"{args.adapter} is a plain LoRA already (no expert or router weights)")
+    usage = None
+    if args.weighting == "usage":
+        if not args.usage:
+            raise InputError("--weighting usage needs --usage JSON (write one with diptych edit --routing-stats)")
+        try:
+            usage = json.loads(Path(args.usage).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"cannot read usage file {args.usage}: {err}") from err
+    output = Path(args.output)
+    if output.suffix != ".safetensors":
+        raise InputError(f"output {output} must end in .safetensors")
+    lora = export_moe_to_lora(state_dict, weighting=args.weighting, usage=usage, alpha=_stored_alpha(args.adapter))
+    tmp = output.with_name(output.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp))
+    tmp.replace(output)
+    print(f"wrote a plain LoRA with {len(lora)} tensors to {output}", file=sys.stderr)
     return 0
 
 

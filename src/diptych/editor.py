@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, FluxFillPipeline, FluxTransformer2DModel
 from PIL import Image
 
 from . import canvas as cv
-from .adapters.lora import load_lora, read_adapter_state_dict
+from .adapters.load import load_adapter
 from .encoders import FluxPromptEncoder, PromptEncoder
 from .errors import InputError, WeightsError
 from .images import load_image, load_mask, validate_instruction
@@ -94,6 +94,7 @@ class Editor:
         self.sampler = FillSampler(pipe)
         self.default_width = default_width
         self.max_canvas_pixels = max_canvas_pixels
+        self.adapter_kind: str | None = None  # "lora" or "moe" once an adapter is loaded
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -107,8 +108,13 @@ class Editor:
         dtype: torch.dtype | str | None = None,
         offload: str = "none",
         local_files_only: bool = False,
+        moe_dispatch: str = "dense",
     ) -> Editor:
-        """Load a Fill model from the hub or a local diffusers folder, plus an optional LoRA adapter.
+        """Load a Fill model from the hub or a local diffusers folder, plus an optional adapter.
+
+        `adapter` may be a plain LoRA (diffusers format, e.g. the official ICEdit normal LoRA) or a LoRA-MoE
+        checkpoint in the official ICEdit layout; which one is told from its keys. `moe_dispatch` "sparse"
+        computes only each token's chosen experts (equal to the official "dense" up to float rounding).
 
         `offload`: "none" (everything on `device`), "model" (each model moves to the GPU while it runs;
         fits 24 GB cards) or "sequential" (layer by layer; least memory, slowest).
@@ -133,9 +139,11 @@ class Editor:
             if isinstance(module, torch.nn.Module):
                 module.eval()
 
+        adapter_kind = None
         if adapter is not None:
-            state_dict = read_adapter_state_dict(adapter, local_files_only=local_files_only)
-            load_lora(pipe, state_dict, scale=adapter_scale)
+            adapter_kind = load_adapter(
+                pipe, adapter, scale=adapter_scale, local_files_only=local_files_only, moe_dispatch=moe_dispatch
+            )
 
         if offload == "model":
             pipe.enable_model_cpu_offload(device=device)
@@ -143,7 +151,9 @@ class Editor:
             pipe.enable_sequential_cpu_offload(device=device)
         else:
             pipe.to(device)
-        return cls(pipe)
+        editor = cls(pipe)
+        editor.adapter_kind = adapter_kind
+        return editor
 
     # ------------------------------------------------------------------ editing
     def edit(

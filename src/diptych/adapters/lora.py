@@ -16,8 +16,8 @@ ADAPTER_NAME = "edit"
 DEFAULT_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "ICEdit-MoE-LoRA.safetensors")
 
 
-def read_adapter_state_dict(adapter: str | Path, *, local_files_only: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors of an adapter given as a .safetensors file, a folder holding one, or a hub repo id."""
+def resolve_adapter_file(adapter: str | Path, *, local_files_only: bool = False) -> Path:
+    """The .safetensors file of an adapter given as a file, a folder holding one, or a hub repo id."""
     path = Path(adapter)
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -25,12 +25,17 @@ def read_adapter_state_dict(adapter: str | Path, *, local_files_only: bool = Fal
                 f"adapter {path} is not a .safetensors file; diptych never unpickles weights. "
                 "Convert it with safetensors.torch.save_file first"
             )
-        return _load(path)
+        return path
     if path.is_dir():
-        return _load(_pick_weight_file(path))
+        return _pick_weight_file(path)
     if path.suffix == ".safetensors" or path.is_absolute() or str(adapter).startswith("."):
         raise WeightsError(f"adapter {adapter} does not exist")
-    return _load(_download(str(adapter), local_files_only))
+    return _download(str(adapter), local_files_only)
+
+
+def read_adapter_state_dict(adapter: str | Path, *, local_files_only: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of an adapter given as a .safetensors file, a folder holding one, or a hub repo id."""
+    return _load(resolve_adapter_file(adapter, local_files_only=local_files_only))
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
