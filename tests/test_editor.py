@@ -228,3 +228,19 @@ def test_adapter_files_that_are_not_safetensors(tiny_base, tmp_path):
 def test_bad_loader_options(tiny_base, kwargs, match):
     with pytest.raises(InputError, match=match):
         Editor.from_pretrained(tiny_base, device="cpu", **kwargs)
+
+
+def test_fused_lora_matches_unfused_and_unfuse_restores(tiny_base, tiny_lora, source_image):
+    editor = Editor.from_pretrained(tiny_base, adapter=tiny_lora, device="cpu")
+    editor.default_width = 32
+    unfused = as_array(editor.edit(source_image, "make it red", steps=3))
+    editor.fuse_adapter()
+    fused = as_array(editor.edit(source_image, "make it red", steps=3))
+    assert np.abs(fused - unfused).max() <= 1
+    editor.unfuse_adapter()
+    assert np.abs(as_array(editor.edit(source_image, "make it red", steps=3)) - unfused).max() <= 1
+
+
+def test_fuse_without_adapter_is_refused(tiny_editor):
+    with pytest.raises(InputError, match="no adapter to fuse"):
+        tiny_editor.fuse_adapter()

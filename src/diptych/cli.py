@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="dense",
         help="LoRA-MoE adapters: dense (official) or sparse (only the chosen experts; faster)",
     )
+    model.add_argument("--fuse", action="store_true", help="fold the adapter into the base weights (faster)")
     model.add_argument("--routing-stats", metavar="JSON", help="LoRA-MoE adapters: write expert usage per layer")
     model.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
     model.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
@@ -191,6 +192,8 @@ def run_edit(args: argparse.Namespace) -> int:
         local_files_only=args.local_files_only,
         moe_dispatch=args.moe_dispatch,
     )
+    if args.fuse:
+        editor.fuse_adapter()
     if args.routing_stats:
         if editor.adapter_kind != "moe":
             raise InputError("--routing-stats needs a LoRA-MoE adapter (--lora with expert weights)")

@@ -155,6 +155,31 @@ class Editor:
         editor.adapter_kind = adapter_kind
         return editor
 
+    # ------------------------------------------------------------------ adapters
+    def fuse_adapter(self) -> None:
+        """Fold the adapter into the base weights for the fastest inference (equal up to rounding).
+
+        Plain LoRA layers fuse; LoRA-MoE expert layers stay dynamic (their delta depends on each token's
+        routing: export them with `diptych export-lora` to fuse everything).
+        """
+        if self.adapter_kind == "lora":
+            self.pipe.fuse_lora(components=["transformer"], adapter_names=None)
+        elif self.adapter_kind == "moe":
+            from .adapters import fuse_lora
+
+            fuse_lora(self.pipe.transformer)
+        else:
+            raise InputError("there is no adapter to fuse: load one with Editor.from_pretrained(adapter=...)")
+
+    def unfuse_adapter(self) -> None:
+        """Undo `fuse_adapter` (the base weights come back up to rounding)."""
+        if self.adapter_kind == "lora":
+            self.pipe.unfuse_lora(components=["transformer"])
+        elif self.adapter_kind == "moe":
+            from .adapters import unfuse_lora
+
+            unfuse_lora(self.pipe.transformer)
+
     # ------------------------------------------------------------------ editing
     def edit(
         self,

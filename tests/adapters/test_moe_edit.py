@@ -149,3 +149,16 @@ def test_export_refuses_plain_lora_and_missing_usage(moe_base, tmp_path, capsys)
         == 2
     )
     assert "needs --usage" in capsys.readouterr().err
+
+
+def test_fuse_moe_fuses_plain_layers_only(moe_base):
+    from diptych.adapters import LoRALinear, adapter_layers
+
+    folder, base, _ = moe_base
+    editor = Editor.from_pretrained(base, adapter=folder / "moe.safetensors", device="cpu")
+    before = np.asarray(editor.edit(SOURCE, "make it red", steps=3, width=32), dtype=np.int16)
+    editor.fuse_adapter()
+    plain = [m for m in adapter_layers(editor.pipe.transformer).values() if isinstance(m, LoRALinear)]
+    assert plain and all(m.merged for m in plain)
+    after = np.asarray(editor.edit(SOURCE, "make it red", steps=3, width=32), dtype=np.int16)
+    assert np.abs(before - after).max() <= 1
