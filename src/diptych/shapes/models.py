@@ -1,0 +1,98 @@
+"""The ShapesEdit models: a small VAE and a small Fill transformer in FLUX's own classes, conditioned
+through MiniLM, so the same `Editor`/`FillSampler` code that runs FLUX.1 Fill runs them.
+
+Sizes (64 x 64 panels): the VAE downsamples 4x to 4 latent channels, so a panel is a 16 x 16 latent grid,
+8 x 8 = 64 tokens after Flux's 2 x 2 packing, and a diptych 128 image tokens (+ 48 text tokens). The
+transformer is 4 heads x 32 (d = 128) with 2 double and 4 single blocks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
+
+from ..errors import WeightsError
+
+PANEL = 64
+LATENT_CHANNELS = 4
+VAE_LEVELS = 3  # scale factor 2 ** (levels - 1) = 4
+TEXT_DIM = 384  # MiniLM
+TEXT_TOKENS = 48
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+def build_vae() -> AutoencoderKL:
+    """A fresh (untrained) ShapesEdit VAE; `shift_factor` / `scaling_factor` are set after training."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * VAE_LEVELS,
+        up_block_types=["UpDecoderBlock2D"] * VAE_LEVELS,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=16,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0,
+        scaling_factor=1.0,
+    )
+
+
+def build_transformer(*, num_layers: int = 2, num_single_layers: int = 4) -> FluxTransformer2DModel:
+    """A fresh ShapesEdit Fill transformer (FLUX.1 Fill's architecture, scaled down)."""
+    scale = 2 ** (VAE_LEVELS - 1)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=8 * LATENT_CHANNELS + 4 * scale * scale,
+        out_channels=4 * LATENT_CHANNELS,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=TEXT_DIM,
+        axes_dims_rope=[8, 12, 12],
+        guidance_embeds=False,
+    )
+
+
+def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """FLUX's scheduler configuration (resolution-dependent shift)."""
+    return FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        base_shift=0.5,
+        max_shift=1.15,
+    )
+
+
+def assemble_pipeline(vae: AutoencoderKL, transformer: FluxTransformer2DModel) -> FluxFillPipeline:
+    """A `FluxFillPipeline` without CLIP/T5: text goes through a `PromptEncoder` (MiniLM) instead."""
+    return FluxFillPipeline(
+        scheduler=build_scheduler(),
+        vae=vae.eval(),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer.eval(),
+    )
+
+
+def load_pipeline(folder: str | Path = WEIGHTS, *, dtype: torch.dtype = torch.float32) -> FluxFillPipeline:
+    """The shipped (or any saved) ShapesEdit VAE + transformer as a pipeline."""
+    folder = Path(folder)
+    missing = [p for p in ("vae", "transformer") if not (folder / p / "config.json").is_file()]
+    if missing:
+        raise WeightsError(
+            f"the ShapesEdit models are missing from {folder} ({', '.join(missing)}); they ship with the "
+            "package once trained: see docs/shapes.md for the training recipe"
+        )
+    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
+    transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=dtype)
+    return assemble_pipeline(vae, transformer)

@@ -1,0 +1,29 @@
+"""Prompt encoders: the protocol, caching, and the packaged MiniLM (a real pretrained model, offline)."""
+
+import torch
+
+from diptych.encoders import FluxPromptEncoder, MiniLMPromptEncoder, PromptEncoder
+from diptych.testing import build_tiny_fill_pipeline
+
+
+def test_flux_encoder_matches_pipeline_and_caches():
+    pipe = build_tiny_fill_pipeline()
+    encoder = FluxPromptEncoder(pipe)
+    assert isinstance(encoder, PromptEncoder)
+    embeds, pooled = encoder.encode(["make it red", "add a hat"])
+    with torch.no_grad():  # as the pipeline's __call__ (kernels differ with autograd on)
+        ref, ref_pooled, _ = pipe.encode_prompt("add a hat", None, max_sequence_length=512)
+    assert torch.equal(embeds[1:], ref) and torch.equal(pooled[1:], ref_pooled)
+    calls = []
+    pipe.encode_prompt = lambda *a, **k: calls.append(1)  # a cached prompt never reaches the pipeline
+    assert torch.equal(encoder.encode(["make it red"])[0], embeds[:1]) and not calls
+
+
+def test_minilm_encoder_is_real_and_semantic():
+    encoder = MiniLMPromptEncoder.from_pretrained(max_length=24)
+    assert isinstance(encoder, PromptEncoder)
+    embeds, pooled = encoder.encode(["make the red circle blue", "turn the red circle blue", "remove the square"])
+    assert embeds.shape == (3, 24, 384) and pooled.shape == (3, 384)
+    assert torch.allclose(pooled.norm(dim=-1), torch.ones(3), atol=1e-5)
+    similar, different = pooled[0] @ pooled[1], pooled[0] @ pooled[2]
+    assert similar > different + 0.2  # a real sentence model: paraphrases are closer than other edits
