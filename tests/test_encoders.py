@@ -27,3 +27,11 @@ def test_minilm_encoder_is_real_and_semantic():
     assert torch.allclose(pooled.norm(dim=-1), torch.ones(3), atol=1e-5)
     similar, different = pooled[0] @ pooled[1], pooled[0] @ pooled[2]
     assert similar > different + 0.2  # a real sentence model: paraphrases are closer than other edits
+
+
+def test_minilm_batched_embed_agrees_with_cached_single_prompts():
+    encoder = MiniLMPromptEncoder.from_pretrained(max_length=16)
+    prompts = ["make the circle red", "remove the star", "a blue square on a white background"]
+    batched, pooled = encoder.embed(prompts)
+    single, single_pooled = encoder.encode(prompts)
+    assert torch.allclose(batched, single, atol=1e-5) and torch.allclose(pooled, single_pooled, atol=1e-5)

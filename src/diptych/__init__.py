@@ -1,8 +1,8 @@
 """diptych: instruction-based image editing as in-context diptych inpainting.
 
-    >>> from diptych import Editor
-    >>> editor = Editor.from_pretrained("black-forest-labs/FLUX.1-Fill-dev", adapter="RiverZ/normal-lora")
-    >>> editor.edit("cat.png", "make the cat wear a red hat").save("hat.png")
+>>> from diptych import Editor
+>>> editor = Editor.from_pretrained("black-forest-labs/FLUX.1-Fill-dev", adapter="RiverZ/normal-lora")
+>>> editor.edit("cat.png", "make the cat wear a red hat").save("hat.png")
 """
 
 from __future__ import annotations

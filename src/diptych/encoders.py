@@ -97,21 +97,25 @@ class MiniLMPromptEncoder:
         return self.model.config.hidden_size
 
     @torch.no_grad()
-    def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if prompt in self._cache:
-            self._cache.move_to_end(prompt)
-            return self._cache[prompt]
+    def embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batched forward, no cache (for training, where prompts rarely repeat)."""
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
-            [prompt], padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+            prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).to(device)
         hidden = self.model(**tokens).last_hidden_state
         mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
-        self._cache[prompt] = (hidden, pooled)
+        return hidden, pooled
+
+    def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if prompt in self._cache:
+            self._cache.move_to_end(prompt)
+            return self._cache[prompt]
+        self._cache[prompt] = self.embed([prompt])
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return hidden, pooled
+        return self._cache[prompt]
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self._encode_one(p) for p in prompts]
