@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weighting", choices=("mean", "usage"), default="mean", help="expert weights")
     export.add_argument("--usage", metavar="JSON", help="expert usage per layer (from edit --routing-stats)")
     export.set_defaults(func=run_export_lora)
+
+    from .train.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

@@ -1,0 +1,115 @@
+"""Putting trainable adapters on a FLUX Fill transformer and exporting them in the formats `diptych edit`
+loads: plain LoRA through peft (saved in diffusers' Flux LoRA format) and LoRA-MoE through
+`diptych.adapters.moe` (saved in the official ICEdit MoE layout)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..adapters.moe import DEFAULT_LORA_TARGETS, DEFAULT_MOE_TARGETS, MoEConfig, inject_moe, resolve_targets
+from .config import ConfigError, TrainConfig
+
+#: The official ICEdit plain-LoRA targets: the MoE targets of the MoE adapter plus its plain ones.
+OFFICIAL_LORA_TARGETS: tuple[str, ...] = (*DEFAULT_LORA_TARGETS, *DEFAULT_MOE_TARGETS)
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+MOE_WEIGHT_NAME = "adapter.safetensors"
+
+
+def lora_module_paths(transformer: nn.Module, targets: tuple[str, ...] | list[str]) -> list[str]:
+    """Full module paths for block-relative target names (so `proj_out` never hits the output head)."""
+    paths: list[str] = []
+    for target, found in resolve_targets(transformer, list(targets)).items():
+        if not found:
+            raise ConfigError(f"LoRA target {target!r} matches no module of this transformer")
+        paths.extend(found)
+    return paths
+
+
+def add_lora(transformer: nn.Module, config: TrainConfig) -> list[str]:
+    """Freeze the transformer and add a trainable peft LoRA (gaussian init) on the targets."""
+    from peft import LoraConfig
+
+    targets = tuple(config.lora_targets or OFFICIAL_LORA_TARGETS)
+    paths = lora_module_paths(transformer, targets)
+    transformer.requires_grad_(False)
+    transformer.add_adapter(
+        LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian", target_modules=paths)
+    )
+    return paths
+
+
+def add_moe(transformer: nn.Module, config: TrainConfig) -> MoEConfig:
+    """Freeze the transformer and inject LoRA-MoE layers: experts on `ff.net.2` and the single blocks'
+    `proj_out`, plain LoRA on the other official targets (or on `lora_targets`, less those two)."""
+    kwargs = {}
+    if config.lora_targets is not None:
+        kwargs["lora_targets"] = tuple(t for t in config.lora_targets if t not in DEFAULT_MOE_TARGETS)
+    try:
+        moe_config = MoEConfig(
+            num_experts=config.num_experts,
+            rank=config.rank,
+            alpha=config.alpha,
+            top_k=config.top_k,
+            gate=config.gate,  # type: ignore[arg-type]
+            dispatch=config.dispatch,  # type: ignore[arg-type]
+            balance_loss=config.balance_loss_weight > 0,
+            **kwargs,
+        )
+        inject_moe(transformer, moe_config, freeze_base=True, dtype=torch.float32)
+    except (ValueError, TypeError) as err:  # e.g. a target that names no module of this transformer
+        raise ConfigError(f"cannot add the MoE adapter: {err}") from err
+    return moe_config
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    """The peft LoRA weights in diffusers' key layout, with alpha / rank folded into B.
+
+    Folding makes the file independent of alpha (loaders assume scaling 1 when a file names none),
+    so `diptych edit --lora` reproduces the trained model exactly whatever alpha was used.
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(transformer)
+    scalings = {}
+    for name, module in transformer.named_modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict) and scaling:
+            scalings[name] = float(next(iter(scaling.values())))
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().to("cpu", torch.float32)
+        if ".lora_B." in key:
+            tensor = tensor * scalings.get(key.split(".lora_B.")[0], 1.0)
+        out[key] = tensor.contiguous()
+    return out
+
+
+def export_adapter(transformer: nn.Module, config: TrainConfig, folder: Path) -> Path:
+    """Write the adapter into `folder` (atomically) in the format `diptych edit --lora` loads; returns it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if config.adapter == "moe":
+        from ..adapters.moe_io import save_moe_adapter
+
+        return save_moe_adapter(transformer, folder / MOE_WEIGHT_NAME)
+    from diffusers import FluxFillPipeline
+
+    target = folder / LORA_WEIGHT_NAME
+    scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".lora-"))
+    try:
+        FluxFillPipeline.save_lora_weights(
+            scratch, transformer_lora_layers=lora_state_dict(transformer), weight_name=LORA_WEIGHT_NAME
+        )
+        os.replace(scratch / LORA_WEIGHT_NAME, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target

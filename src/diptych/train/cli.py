@@ -1,0 +1,174 @@
+"""`diptych train`: train an ICEdit-style edit adapter (plain LoRA or LoRA-MoE) on a FLUX Fill model.
+
+`add_train_parser(subparsers)` registers the subcommand on the main `diptych` parser; `run_train(args)`
+runs it. `python -m diptych.train.cli ...` runs it alone (what `accelerate launch` / `torchrun` start).
+Options given on the command line override the YAML file given with `--config`, which overrides the
+defaults (the official ICEdit recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..errors import DiptychError
+
+TRAIN_EXAMPLES = """\
+examples:
+  # plain LoRA on a folder of pairs (data.jsonl: {"source", "instruction", "target"} per line)
+  diptych train --base black-forest-labs/FLUX.1-Fill-dev --data pairs/ --output runs/lora --max-steps 5000
+
+  # LoRA-MoE (4 experts, top-1) on MagicBrush + OmniEdit style parquet, from a YAML config
+  diptych train --config train.yaml --adapter moe --data omniedit/ --data-format omniedit --output runs/moe
+
+  # several GPUs (DDP; see docs/training.md for multi-node)
+  accelerate launch --num_processes 4 -m diptych.train.cli --base FLUX.1-Fill-dev --data pairs/ \\
+      --output runs/lora --max-steps 40000 --batch-size 2 --gradient-checkpointing
+
+  # resume: running the same command again continues from the latest checkpoint in --output
+  diptych train ... --output runs/lora              # resumes automatically
+  diptych train ... --output runs/lora --no-resume  # refuses if checkpoints exist
+
+the result loads with:  diptych edit cat.png "make it snow" -o out.png --base ... --lora runs/lora
+data formats: jsonl (file or folder with data.jsonl), magicbrush / omniedit (parquet file or folder),
+shapes (--data is a ShapesEdit split: train), auto (default: by file type and parquet columns).
+"""
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `train` on `subparsers` (from `parser.add_subparsers()`); returns the new parser."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train an edit adapter (LoRA or LoRA-MoE) on pairs of images",
+        description="Train an ICEdit-style edit adapter on a FLUX Fill model (diptych in-context editing).",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run_train)
+    return parser
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Every default is None: "not given", so the YAML file or the dataclass default applies.
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (keys as the long options)")
+    parser.add_argument("--base", help="Fill model: hub id or local diffusers folder")
+    parser.add_argument("--data", help="training data: JSONL file/folder, parquet file/folder, or a shapes split")
+    parser.add_argument(
+        "--data-format", choices=("auto", "jsonl", "magicbrush", "omniedit", "shapes"), help="default: auto"
+    )
+    parser.add_argument("--output", help="run folder: checkpoints, metrics, validation grids, the adapter")
+    parser.add_argument("--max-steps", type=int, help="optimizer steps (default 1000)")
+
+    adapter = parser.add_argument_group("adapter")
+    adapter.add_argument("--adapter", choices=("lora", "moe"), help="plain LoRA (default) or LoRA-MoE")
+    adapter.add_argument("--rank", type=int, help="LoRA rank (default 32)")
+    adapter.add_argument("--alpha", type=float, help="LoRA alpha (default 32)")
+    adapter.add_argument("--lora-targets", nargs="+", metavar="NAME", help="module names (default: official)")
+    adapter.add_argument("--experts", dest="num_experts", type=int, help="MoE experts (default 4)")
+    adapter.add_argument("--top-k", type=int, help="experts per token (default 1)")
+    adapter.add_argument(
+        "--gate", choices=("official", "learned"), help="router gate; 'learned' lets top-1 routers learn"
+    )
+    adapter.add_argument("--dispatch", choices=("dense", "sparse"), help="MoE expert dispatch (default dense)")
+    adapter.add_argument("--balance-loss-weight", type=float, help="load-balancing loss weight (default 0: off)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--optimizer", choices=("prodigy", "adamw"), help="default prodigy")
+    optim.add_argument("--lr", type=float, help="learning rate (default: 1.0 Prodigy, 1e-4 AdamW)")
+    optim.add_argument("--weight-decay", type=float, help="default 0.01")
+    optim.add_argument(
+        "--lr-scheduler",
+        choices=("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"),
+        help="default constant",
+    )
+    optim.add_argument("--warmup-steps", type=int, help="LR warm-up steps (default 0)")
+    optim.add_argument("--max-grad-norm", type=float, help="gradient clipping (default 0.5; 0 = off)")
+    optim.add_argument("--batch-size", type=int, help="samples per process per micro-batch (default 1)")
+    optim.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    optim.add_argument("--ema-decay", type=float, help="keep an EMA of the adapter (e.g. 0.999); off by default")
+    optim.add_argument(
+        "--gradient-checkpointing", action=argparse.BooleanOptionalAction, help="trade compute for memory"
+    )
+    optim.add_argument("--mixed-precision", choices=("auto", "fp32", "bf16"), help="default: bf16 on CUDA")
+    optim.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even with a GPU")
+
+    data = parser.add_argument_group("objective and data")
+    data.add_argument("--resolution", help="panel size N or WxH (default 512: a 1024x512 diptych)")
+    data.add_argument(
+        "--bucketing", action=argparse.BooleanOptionalAction, help="aspect-ratio buckets instead of square resizing"
+    )
+    data.add_argument("--prompt-dropout", type=float, help="share of prompts replaced by ' ' (default 0.1)")
+    data.add_argument("--template", help="prompt template: icedit (default), paper, comfyui or a {instruction} string")
+    data.add_argument("--loss-region", choices=("all", "right"), help="all tokens (official) or the right half")
+    data.add_argument("--max-sequence-length", type=int, help="T5 tokens (default 512)")
+
+    run = parser.add_argument_group("checkpoints, validation, logging")
+    run.add_argument("--seed", type=int, help="default 42")
+    run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
+    run.add_argument("--keep-checkpoints", type=int, help="how many to keep (default 3)")
+    run.add_argument("--validate-every", type=int, help="steps between validation grids (default 500)")
+    run.add_argument("--num-validation", type=int, help="validation edits per grid (default 4; 0 = none)")
+    run.add_argument("--validation-data", help="data for validation (default: the first training samples)")
+    run.add_argument("--validation-steps", type=int, help="denoising steps of validation edits (default 20)")
+    run.add_argument("--log-every", type=int, help="steps between metric records (default 1)")
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="CKPT",
+        help="resume from the latest checkpoint in --output (required), or from folder CKPT",
+    )
+    resume.add_argument("--no-resume", dest="resume", action="store_false", help="start afresh")
+    parser.set_defaults(resume=None)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig of parsed arguments: defaults < --config YAML < explicit options."""
+    from .config import build_config, field_names, parse_resolution
+
+    options = {name: getattr(args, name, None) for name in field_names()}
+    if options.get("resolution") is not None:
+        options["resolution"] = parse_resolution(options["resolution"])
+    return build_config(args.config, **options)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run `diptych train` for parsed arguments; returns the exit code."""
+    from .trainer import Trainer
+
+    config = config_from_args(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("diptych").setLevel(logging.INFO)
+    result = Trainer(config, show_progress=not args.quiet).train()
+    if result.adapter is not None:
+        print(f"adapter written to {result.adapter}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m diptych.train.cli` (for `accelerate launch -m` and `torchrun -m`)."""
+    parser = argparse.ArgumentParser(
+        prog="diptych train",
+        description="Train an ICEdit-style edit adapter on a FLUX Fill model (diptych in-context editing).",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_train(args)
+    except DiptychError as err:
+        print(f"diptych: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diptych: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

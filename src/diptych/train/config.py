@@ -1,0 +1,277 @@
+"""Training configuration: one flat dataclass, loadable from YAML, with the official ICEdit recipe as defaults
+(rank 32, alpha 32, 4 experts, top-1, Prodigy at lr 1 with weight decay 0.01, clip 0.5, 512 x 512
+panels, 10% prompt dropout)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import DiptychError
+from .data import FORMATS
+
+ADAPTERS = ("lora", "moe")
+OPTIMIZERS = ("prodigy", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+DEFAULT_LR = {"prodigy": 1.0, "adamw": 1e-4}
+DEFAULT_BUCKET_ASPECTS = (0.5, 2 / 3, 0.75, 1.0, 4 / 3, 1.5, 2.0)
+_FLOAT_FIELDS = (
+    "alpha",
+    "lr",
+    "weight_decay",
+    "max_grad_norm",
+    "balance_loss_weight",
+    "ema_decay",
+    "prompt_dropout",
+    "validation_guidance",
+)
+
+
+class ConfigError(DiptychError, ValueError):
+    """A training option is missing, unknown or out of range."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. `lr=None` means the optimizer's default (Prodigy 1.0, AdamW 1e-4).
+
+    `resolution` is the panel (width, height); the canvas is (2 * width, height). `resume`: None resumes
+    from the output folder's latest checkpoint if there is one, True requires one, False starts afresh
+    (and refuses a folder that already holds checkpoints). `checkpoint_every=0` saves only at the end;
+    `validate_every=0` validates only at the end (when `num_validation` > 0). `resume` may also be the
+    path of a checkpoint folder to resume from.
+    """
+
+    base: str = ""
+    data: str = ""
+    output: str = ""
+    max_steps: int = 1000
+    data_format: str = "auto"
+    # adapter
+    adapter: str = "lora"
+    rank: int = 32
+    alpha: float = 32.0
+    lora_targets: list[str] | None = None  # None: the official targets
+    num_experts: int = 4
+    top_k: int = 1
+    gate: str = "official"
+    dispatch: str = "dense"
+    balance_loss_weight: float = 0.0  # > 0 adds the Switch-Transformer load-balancing loss
+    # optimisation
+    optimizer: str = "prodigy"
+    lr: float | None = None
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float = 0.5
+    batch_size: int = 1
+    grad_accum: int = 1
+    ema_decay: float | None = None
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"
+    # objective and data
+    resolution: tuple[int, int] = (512, 512)
+    bucketing: bool = False
+    bucket_aspects: list[float] = field(default_factory=lambda: list(DEFAULT_BUCKET_ASPECTS))
+    prompt_dropout: float = 0.1
+    template: str | None = None
+    loss_region: str = "all"
+    max_sequence_length: int = 512
+    text_cache_size: int = 256  # prompts kept encoded (FLUX: ~4 MB each in bf16 at 512 tokens)
+    # bookkeeping
+    seed: int = 42
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    validate_every: int = 500
+    num_validation: int = 4
+    validation_data: str | None = None
+    validation_steps: int = 20
+    validation_guidance: float = 50.0
+    log_every: int = 1
+    resume: bool | str | None = None  # a str is the path of a checkpoint folder
+    cpu: bool = False
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self, *, require_paths: bool = False) -> TrainConfig:
+        """Check every field; raise `ConfigError` naming the field, the value and what is allowed."""
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+                try:
+                    setattr(self, name, float(value))
+                except ValueError:
+                    raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(self.resolution, int | str):
+            self.resolution = parse_resolution(self.resolution)
+        self.resolution = tuple(int(v) for v in self.resolution)  # type: ignore[assignment]
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        _choice(self, "adapter", ADAPTERS)
+        _choice(self, "optimizer", OPTIMIZERS)
+        _choice(self, "mixed_precision", PRECISIONS)
+        _choice(self, "lr_scheduler", SCHEDULERS)
+        _choice(self, "data_format", FORMATS)
+        _choice(self, "gate", ("official", "learned"))
+        _choice(self, "dispatch", ("dense", "sparse"))
+        _choice(self, "loss_region", ("all", "right"))
+        for name in ("max_steps", "rank", "num_experts", "top_k", "batch_size", "grad_accum", "log_every"):
+            _positive_int(self, name)
+        for name in ("warmup_steps", "checkpoint_every", "validate_every", "num_validation", "seed"):
+            _non_negative_int(self, name)
+        for name in ("keep_checkpoints", "validation_steps", "max_sequence_length", "text_cache_size"):
+            _positive_int(self, name)
+        if self.top_k > self.num_experts:
+            raise ConfigError(f"top_k={self.top_k} is more than num_experts={self.num_experts}")
+        for name in ("alpha", "weight_decay", "max_grad_norm", "balance_loss_weight", "validation_guidance"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+        if self.alpha == 0:
+            raise ConfigError("alpha must be positive (the LoRA scaling is alpha / rank)")
+        if self.lr is not None and (isinstance(self.lr, bool) or not self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.prompt_dropout <= 1.0:
+            raise ConfigError(f"prompt_dropout must be between 0 and 1, got {self.prompt_dropout}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
+        if len(self.resolution) != 2 or min(self.resolution) < 1:
+            raise ConfigError(f"resolution must be WIDTH x HEIGHT in pixels, got {self.resolution}")
+        if self.bucketing and not self.bucket_aspects:
+            raise ConfigError("bucketing needs at least one aspect ratio in bucket_aspects")
+        if any(not (isinstance(a, int | float) and a > 0) for a in self.bucket_aspects):
+            raise ConfigError(f"bucket_aspects must be positive numbers (width / height), got {self.bucket_aspects}")
+        if self.template is not None:
+            from ..prompts import resolve_template
+
+            try:
+                resolve_template(self.template)
+            except DiptychError as err:
+                raise ConfigError(str(err)) from err
+        if require_paths:
+            for name in ("base", "data", "output"):
+                if not getattr(self, name):
+                    raise ConfigError(f"{name} is required (--{name} on the command line or '{name}:' in the YAML)")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output) / "checkpoints"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["resolution"] = list(self.resolution)
+        data["betas"] = list(self.betas)
+        return data
+
+    def adapter_signature(self) -> dict[str, Any]:
+        """What must match between a checkpoint and the run resuming it."""
+        keys = ["adapter", "rank", "alpha", "lora_targets", "optimizer"]
+        if self.adapter == "moe":
+            keys += ["num_experts", "top_k", "gate"]
+        return {k: self.to_dict()[k] for k in keys}
+
+
+def parse_resolution(value: int | str | list | tuple) -> tuple[int, int]:
+    """512 -> (512, 512); "512x384" -> (512, 384) (width x height of one panel)."""
+    if isinstance(value, list | tuple):
+        if len(value) != 2:
+            raise ConfigError(f"resolution must have two values (width, height), got {value!r}")
+        return int(value[0]), int(value[1])
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    text = str(value).lower().strip()
+    try:
+        if "x" in text:
+            w, h = text.split("x", 1)
+            return int(w), int(h)
+        return int(text), int(text)
+    except ValueError:
+        raise ConfigError(f"resolution must be N or WIDTHxHEIGHT (e.g. 512 or 512x384), got {value!r}") from None
+
+
+def _choice(cfg: TrainConfig, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _positive_int(cfg: TrainConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _non_negative_int(cfg: TrainConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The options of a YAML config file (a flat mapping of TrainConfig fields); unknown keys are errors."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a mapping of options (key: value), got {type(data).__name__}")
+    unknown = sorted(set(data) - set(field_names()))
+    if unknown:
+        raise ConfigError(f"{p}: unknown option(s) {', '.join(unknown)}; known: {', '.join(field_names())}")
+    return data
+
+
+def build_config(yaml_path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the YAML file, then `overrides` (None values ignored: 'not given')."""
+    options: dict[str, Any] = read_yaml(yaml_path) if yaml_path else {}
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(options) - set(field_names()))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+    for f in fields(TrainConfig):
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in options:  # pragma: no cover
+            raise ConfigError(f"{f.name} is required")
+    try:
+        return TrainConfig(**options)
+    except TypeError as err:  # pragma: no cover - names are checked above
+        raise ConfigError(str(err)) from err
+
+
+def write_yaml(config: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config next to the run (atomically), so the run can be repeated."""
+    import yaml
+
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, target)

@@ -1,0 +1,279 @@
+"""From a dataset to training batches: epoch order, per-process lanes, panel sizing / aspect buckets,
+prompt dropout, per-sample seeds, skipped-sample counting, and a resumable position.
+
+Determinism is by position, not by process: epoch `e` has one global order of rows (a shuffle of the
+dataset's blocks, then of the rows inside each block, so each parquet row group is read once per
+epoch), and everything random about the sample at position `p` of epoch `e` (the prompt drawn from a
+list, the prompt dropout, the noise, the timestep and the VAE posterior sample) comes from
+`SeedSequence([seed, e, p])`. Process `r` of `n` takes positions r, r+n, r+2n, ...; so one process
+with batch 2B sees the same samples with the same noise as two processes with batch B, and a
+resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..canvas import PanelSize, compose_diptych
+from ..errors import InputError
+from ..prompts import build_prompt
+from .data import DataError, EditDataset, EditSample, SampleError, skip_reason
+
+logger = logging.getLogger("diptych.train")
+
+DROPPED_PROMPT = " "  # what the official recipe trains the unconditional prompt as
+MAX_LOGGED_SKIPS = 10
+
+
+@dataclass
+class TrainItem:
+    """One sample laid out for the objective: the (2W, H) canvas with the target on the right, the
+    Fill mask (white right half), the prompt and the seed of its noise."""
+
+    canvas: Image.Image
+    fill_mask: Image.Image
+    prompt: str
+    seed: int
+    epoch: int
+    position: int
+    index: int
+    task: str | None = None
+
+
+# ------------------------------------------------------------------------------------------- sizing
+
+
+def round_to(value: float, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def panel_buckets(resolution: tuple[int, int], aspects: Sequence[float], multiple: int) -> list[PanelSize]:
+    """Panels of about the pixel count of `resolution` for each aspect (width / height), rounded to
+    `multiple`; duplicates removed, ordered by aspect."""
+    if not aspects:
+        raise ValueError("give at least one bucket aspect ratio")
+    pixels = resolution[0] * resolution[1]
+    found: dict[tuple[int, int], PanelSize] = {}
+    for aspect in sorted(aspects):
+        if not aspect > 0:
+            raise ValueError(f"bucket aspect ratios must be positive, got {aspect}")
+        w, h = round_to(math.sqrt(pixels * aspect), multiple), round_to(math.sqrt(pixels / aspect), multiple)
+        found.setdefault((w, h), PanelSize(w, h))
+    return list(found.values())
+
+
+def nearest_bucket(size: tuple[int, int], buckets: Sequence[PanelSize]) -> int:
+    """Index of the bucket whose aspect ratio is closest (in log scale) to the image's."""
+    log_aspect = math.log(size[0] / size[1])
+    return min(range(len(buckets)), key=lambda i: abs(math.log(buckets[i].width / buckets[i].height) - log_aspect))
+
+
+def fit_cover(image: Image.Image, panel: PanelSize) -> Image.Image:
+    """Resize to cover the panel keeping the aspect ratio, then crop the centre (no distortion)."""
+    w, h = image.size
+    scale = max(panel.width / w, panel.height / h)
+    new = (max(panel.width, round(w * scale)), max(panel.height, round(h * scale)))
+    resized = image.resize(new, Image.Resampling.BICUBIC)
+    left, top = (new[0] - panel.width) // 2, (new[1] - panel.height) // 2
+    return resized.crop((left, top, left + panel.width, top + panel.height))
+
+
+def fit_stretch(image: Image.Image, panel: PanelSize) -> Image.Image:
+    """Resize to the panel ignoring the aspect ratio, as the official recipe does (512 x 512)."""
+    if image.size == (panel.width, panel.height):
+        return image
+    return image.resize((panel.width, panel.height), Image.Resampling.BICUBIC)
+
+
+def training_diptych(
+    source: Image.Image, target: Image.Image, panel: PanelSize, *, cover: bool = False
+) -> tuple[Image.Image, Image.Image]:
+    """The training canvas (source left, target right, each `panel` sized) and its Fill mask."""
+    fit = fit_cover if cover else fit_stretch
+    canvas, mask = compose_diptych(fit(source, panel))
+    canvas.paste(fit(target, panel), (panel.width, 0))
+    return canvas, mask
+
+
+# ------------------------------------------------------------------------------------------ ordering
+
+
+def seed_sequence(seed: int, epoch: int, position: int, stream: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([seed, epoch, position, stream])
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The torch seed of the sample at `position` of `epoch` (noise, timestep, VAE posterior draws)."""
+    return int(seed_sequence(seed, epoch, position, 2).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def epoch_order(dataset: EditDataset, seed: int, epoch: int) -> np.ndarray | None:
+    """Row indices of `epoch` in order (None: the identity, for datasets that do not shuffle)."""
+    if not dataset.shuffle:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5EED]))
+    blocks = dataset.blocks()
+    parts = [rng.permutation(np.arange(a, b, dtype=np.int64)) for a, b in blocks]
+    return np.concatenate([parts[i] for i in rng.permutation(len(blocks))])
+
+
+# ------------------------------------------------------------------------------------------- batching
+
+
+class BatchStream:
+    """An endless, resumable stream of batches for one process.
+
+    `panel` fixes every sample's panel size (the official square resize); with `buckets`, each sample
+    goes to the bucket nearest its aspect ratio (resized to cover and centre-cropped) and a batch is
+    emitted as soon as one bucket holds `batch_size` samples.
+    """
+
+    def __init__(
+        self,
+        dataset: EditDataset,
+        *,
+        batch_size: int,
+        seed: int,
+        panel: PanelSize | None = None,
+        buckets: Sequence[PanelSize] | None = None,
+        template: str | None = None,
+        prompt_dropout: float = 0.1,
+        rank: int = 0,
+        world_size: int = 1,
+        on_skip: Callable[[str], None] | None = None,
+    ):
+        if (panel is None) == (buckets is None):
+            raise ValueError("give exactly one of panel (fixed size) or buckets (aspect-ratio bucketing)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0.0 <= prompt_dropout <= 1.0:
+            raise ValueError(f"prompt_dropout must be between 0 and 1, got {prompt_dropout}")
+        if len(dataset) < world_size:
+            raise DataError(f"the dataset has {len(dataset)} rows, fewer than the {world_size} processes")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.buckets = list(buckets) if buckets is not None else [panel]
+        self.cover = buckets is not None
+        self.template = template
+        self.prompt_dropout = prompt_dropout
+        self.rank, self.world_size = rank, world_size
+        self.on_skip = on_skip
+        self.epoch = 0
+        self.lane = 0  # samples of this process's lane consumed in the current epoch
+        self.pending: dict[int, list[TrainItem]] = {}
+        self.skipped: Counter[str] = Counter()
+        self.samples = 0  # valid samples delivered in batches
+        self._order: tuple[int, np.ndarray | None] | None = None
+        self._valid_in_epoch = 0
+
+    # -------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The position, as plain JSON-able values (pending samples by their (epoch, position))."""
+        return {
+            "epoch": self.epoch,
+            "lane": self.lane,
+            "pending": {str(b): [[it.epoch, it.position] for it in items] for b, items in self.pending.items()},
+            "skipped": dict(self.skipped),
+            "samples": self.samples,
+            "valid_in_epoch": self._valid_in_epoch,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.lane = int(state["epoch"]), int(state["lane"])
+        self.skipped = Counter({str(k): int(v) for k, v in state.get("skipped", {}).items()})
+        self.samples = int(state.get("samples", 0))
+        self._valid_in_epoch = int(state.get("valid_in_epoch", 0))
+        self.pending = {}
+        for bucket, entries in state.get("pending", {}).items():
+            for epoch, position in entries:
+                item, got = self._make(int(epoch), int(position))
+                if item is None or got != int(bucket):
+                    raise DataError("the dataset changed since the checkpoint: a pending sample no longer loads")
+                self.pending.setdefault(int(bucket), []).append(item)
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    # -------------------------------------------------------------------- reading
+    def _index(self, epoch: int, position: int) -> int:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.dataset, self.seed, epoch))
+        order = self._order[1]
+        return position if order is None else int(order[position])
+
+    def _make(self, epoch: int, position: int) -> tuple[TrainItem | None, int]:
+        """The item at (epoch, position) and its bucket, or (None, -1) for a bad sample (counted)."""
+        index = self._index(epoch, position)
+        try:
+            sample = self.dataset.read(index, np.random.default_rng(seed_sequence(self.seed, epoch, position, 0)))
+        except (SampleError, InputError) as err:
+            reason = skip_reason(err)
+            self.skipped[reason] += 1
+            if self.skipped_total <= MAX_LOGGED_SKIPS:
+                logger.warning("skipping a bad sample (%s): %s", reason, err)
+            if self.on_skip is not None:
+                self.on_skip(str(err))
+            return None, -1
+        bucket = 0 if len(self.buckets) == 1 else nearest_bucket(sample.source.size, self.buckets)
+        return self._layout(sample, bucket, epoch, position, index), bucket
+
+    def _layout(self, sample: EditSample, bucket: int, epoch: int, position: int, index: int) -> TrainItem:
+        canvas, mask = training_diptych(sample.source, sample.target, self.buckets[bucket], cover=self.cover)
+        drop = np.random.default_rng(seed_sequence(self.seed, epoch, position, 1)).random() < self.prompt_dropout
+        prompt = DROPPED_PROMPT if drop else build_prompt(sample.instruction, self.template)
+        seed = sample_seed(self.seed, epoch, position)
+        return TrainItem(canvas, mask, prompt, seed, epoch, position, index, sample.task)
+
+    def _next_item(self) -> tuple[TrainItem, int]:
+        while True:
+            position = self.rank + self.world_size * self.lane
+            if position >= len(self.dataset):
+                if self._valid_in_epoch == 0:
+                    reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped.most_common()) or "none"
+                    raise DataError(
+                        f"a whole epoch of {self.dataset.describe()} gave this process no usable sample "
+                        f"(skipped by reason: {reasons}); check the dataset's paths and format"
+                    )
+                self.epoch, self.lane, self._valid_in_epoch = self.epoch + 1, 0, 0
+                continue
+            self.lane += 1
+            item, bucket = self._make(self.epoch, position)
+            if item is not None:
+                self._valid_in_epoch += 1
+                return item, bucket
+
+    def next_batch(self) -> list[TrainItem]:
+        """The next batch (all items of one panel size)."""
+        while True:
+            item, bucket = self._next_item()
+            group = self.pending.setdefault(bucket, [])
+            group.append(item)
+            if len(group) == self.batch_size:
+                del self.pending[bucket]
+                self.samples += len(group)
+                return group
+
+
+def first_samples(dataset: EditDataset, count: int, *, max_tries: int = 1000) -> list[EditSample]:
+    """The first `count` valid samples in row order (fixed validation examples)."""
+    found: list[EditSample] = []
+    for index in range(min(len(dataset), max_tries)):
+        if len(found) == count:
+            break
+        try:
+            found.append(dataset.read(index, np.random.default_rng(index)))
+        except (SampleError, InputError):
+            continue
+    return found
