@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from ..train import checkpoint as ckpt
 from .models import PANEL, build_vae
 from .world import random_scene, render_array
 
@@ -31,51 +30,6 @@ def scene_batch(rng: np.random.Generator, batch: int, size: int = PANEL) -> torc
     """Random scenes as a (B, 3, H, W) tensor in [-1, 1]."""
     arrays = np.stack([render_array(random_scene(rng), size) for _ in range(batch)])
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def _save_checkpoint(path: Path, vae, optimizer, step: int, rng: np.random.Generator) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp / "vae.safetensors"))
-    # Optimizer state as tensors + JSON (no pickle): Adam keeps exp_avg / exp_avg_sq per parameter.
-    opt_state = optimizer.state_dict()
-    tensors, meta = {}, {"param_groups": opt_state["param_groups"], "steps": {}}
-    for index, state in opt_state["state"].items():
-        tensors[f"{index}.exp_avg"] = state["exp_avg"]
-        tensors[f"{index}.exp_avg_sq"] = state["exp_avg_sq"]
-        meta["steps"][str(index)] = float(state["step"])
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "rng": rng.bit_generator.state, "optimizer": meta}))
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, vae, optimizer) -> tuple[int, dict]:
-    vae.load_state_dict(load_file(str(path / "vae.safetensors")))
-    state = json.loads((path / "state.json").read_text())
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    meta = state["optimizer"]
-    optimizer.load_state_dict(
-        {
-            "param_groups": meta["param_groups"],
-            "state": {
-                int(i): {
-                    "step": torch.tensor(step),
-                    "exp_avg": tensors[f"{i}.exp_avg"],
-                    "exp_avg_sq": tensors[f"{i}.exp_avg_sq"],
-                }
-                for i, step in meta["steps"].items()
-            },
-        }
-    )
-    return state["step"], state["rng"]
 
 
 def train_vae(
@@ -95,12 +49,15 @@ def train_vae(
     vae = build_vae().train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
-    step, ckpt = 0, out / "checkpoint"
-    if ckpt.exists():
-        step, rng_state = _load_checkpoint(ckpt, vae, optimizer)
-        rng.bit_generator.state = rng_state
-        torch.manual_seed(seed + step)
-        print(f"resumed at step {step}")
+    step = 0
+    latest = ckpt.latest_checkpoint(out)
+    if latest is not None:
+        vae.load_state_dict(ckpt.load_tensors(latest / "vae.safetensors"))
+        optimizer.load_state_dict(ckpt.load_state(latest, "optimizer"))
+        state = ckpt.read_json(latest / ckpt.COMPLETE_MARKER)
+        step, rng.bit_generator.state = state["step"], state["rng"]
+        torch.set_rng_state(ckpt.load_state(latest, "torch_rng").to(torch.uint8))
+        print(f"resumed from {latest} at step {step}")
     log = (out / "log.jsonl").open("a")
     start = time.perf_counter()
     while step < steps:
@@ -132,7 +89,12 @@ def train_vae(
             log.flush()
             print(f"step {step}/{steps} l1 {row['l1']:.4f} mse {row['mse']:.5f} kl {row['kl']:.3f} ({rate:.2f} it/s)")
         if step % checkpoint_every == 0 or step == steps:
-            _save_checkpoint(ckpt, vae, optimizer, step, rng)
+            tmp = ckpt.begin(out, step)
+            ckpt.save_tensors(tmp / "vae.safetensors", vae.state_dict())
+            ckpt.save_state(tmp, "optimizer", optimizer.state_dict())
+            ckpt.save_state(tmp, "torch_rng", torch.get_rng_state())
+            ckpt.commit(tmp, {"step": step, "rng": rng.bit_generator.state})
+            ckpt.prune(out, 2)
     return finalize(vae, out / "vae", seed=seed)
 
 

@@ -1,0 +1,157 @@
+"""Pre-train the ShapesEdit base Fill transformer: the miniature of FLUX.1 Fill.
+
+It learns to complete masked diptychs of the *same scene twice* from a caption, with random masks (the
+right panel, the left panel, or rectangles anywhere). It never sees an edit instruction: following
+instructions is what the adapters are then trained for, as ICEdit does on FLUX.1 Fill.
+
+The loss is the project's flow-matching objective (`diptych.train.objective`), the checkpoints are the
+trainer's (`diptych.train.checkpoint`: safetensors + JSON, atomic, resumable).
+
+Example:
+    python -m diptych.shapes.train_base --vae runs/shapes-vae/vae --out runs/shapes-base --steps 6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image, ImageDraw
+
+from ..canvas import compose_diptych
+from ..encoders import MiniLMPromptEncoder
+from ..train import checkpoint as ckpt
+from ..train.objective import FlowMatchingObjective
+from .dataset import scene_split
+from .models import PANEL, TEXT_TOKENS, assemble_pipeline, build_transformer
+from .world import caption, random_scene, render
+
+PRETRAIN_TEMPLATE = "A diptych with two side-by-side images of the same scene. {caption}"
+
+
+def random_fill_mask(rng: np.random.Generator, size: int = PANEL) -> Image.Image:
+    """White = to generate. Half the time the right panel (the in-context task), else the left panel or
+    1-3 rectangles anywhere on the canvas (general inpainting that must agree with the other panel)."""
+    mask = Image.new("L", (2 * size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    choice = rng.random()
+    if choice < 0.5:
+        draw.rectangle((size, 0, 2 * size - 1, size - 1), fill=255)
+    elif choice < 0.65:
+        draw.rectangle((0, 0, size - 1, size - 1), fill=255)
+    else:
+        for _ in range(rng.integers(1, 4)):
+            w, h = rng.integers(size // 4, size + 1, size=2)
+            x, y = rng.integers(0, 2 * size - w + 1), rng.integers(0, size - h + 1)
+            draw.rectangle((x, y, x + w - 1, y + h - 1), fill=255)
+    return mask
+
+
+def pretrain_batch(rng: np.random.Generator, batch: int, dropout: float = 0.1):
+    """Canvases (the same training-split scene twice), random Fill masks and caption prompts."""
+    canvases, masks, prompts = [], [], []
+    while len(canvases) < batch:
+        scene = random_scene(rng)
+        if scene_split(scene) != "train":  # val/test scenes never reach training
+            continue
+        canvas, _ = compose_diptych(render(scene, PANEL))
+        canvases.append(canvas)
+        masks.append(random_fill_mask(rng))
+        prompts.append(" " if rng.random() < dropout else PRETRAIN_TEMPLATE.format(caption=caption(scene)))
+    return canvases, masks, prompts
+
+
+def train_base(
+    vae_folder: Path,
+    out: Path,
+    *,
+    steps: int = 6000,
+    batch: int = 32,
+    lr: float = 3e-4,
+    seed: int = 0,
+    checkpoint_every: int = 200,
+    keep: int = 2,
+    log_every: int = 25,
+) -> Path:
+    """Train (or resume) the base transformer; writes `out / "transformer"` at the end and returns it."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
+    transformer = build_transformer().train()
+    pipe = assemble_pipeline(vae, transformer)
+    transformer.train()
+    objective = FlowMatchingObjective(pipe, loss_region="all")
+    encoder = MiniLMPromptEncoder.from_pretrained(max_length=TEXT_TOKENS)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    step = 0
+    latest = ckpt.latest_checkpoint(out)
+    if latest is not None:
+        transformer.load_state_dict(ckpt.load_tensors(latest / "transformer.safetensors"))
+        optimizer.load_state_dict(ckpt.load_state(latest, "optimizer"))
+        state = ckpt.read_json(latest / ckpt.COMPLETE_MARKER)
+        step, rng.bit_generator.state = state["step"], state["rng"]
+        print(f"resumed from {latest} at step {step}")
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "log.jsonl").open("a")
+    start, start_step = time.perf_counter(), step
+    while step < steps:
+        warm = min(1.0, (step + 1) / 200)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * warm * max(0.05, 0.5 * (1 + math.cos(math.pi * step / steps)))
+        canvases, masks, prompts = pretrain_batch(rng, batch)
+        gens = [torch.Generator().manual_seed(int(s)) for s in rng.integers(0, 2**62, size=batch)]
+        encoded = objective.encode(canvases, masks, gens, device=torch.device("cpu"), dtype=torch.float32)
+        embeds, pooled = encoder.embed(prompts)
+        loss = objective.loss(transformer, encoded, embeds, pooled, gens, guidance_embeds=False)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % log_every == 0 or step == steps:
+            rate = (step - start_step) / max(time.perf_counter() - start, 1e-9)
+            row = {
+                "step": step,
+                "loss": loss.item(),
+                "grad_norm": grad_norm.item(),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            print(
+                f"step {step}/{steps} loss {row['loss']:.4f} |g| {row['grad_norm']:.2f} ({rate:.2f} it/s)", flush=True
+            )
+        if step % checkpoint_every == 0 or step == steps:
+            tmp = ckpt.begin(out, step)
+            ckpt.save_tensors(tmp / "transformer.safetensors", transformer.state_dict())
+            ckpt.save_state(tmp, "optimizer", optimizer.state_dict())
+            ckpt.commit(tmp, {"step": step, "rng": rng.bit_generator.state})
+            ckpt.prune(out, keep)
+    transformer.eval().save_pretrained(out / "transformer")
+    return out / "transformer"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vae", type=Path, required=True, help="trained ShapesEdit VAE folder")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, transformer/)")
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = train_base(args.vae, args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    print(f"wrote {folder}")
+
+
+if __name__ == "__main__":
+    main()

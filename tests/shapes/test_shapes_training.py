@@ -1,0 +1,51 @@
+"""The ShapesEdit training loops run, resume from their checkpoints, and produce loadable models."""
+
+import json
+import shutil
+
+import pytest
+
+from diptych.errors import WeightsError
+from diptych.shapes.models import load_pipeline
+from diptych.shapes.train_base import random_fill_mask, train_base
+from diptych.shapes.train_vae import train_vae
+
+
+@pytest.mark.slow
+def test_vae_and_base_train_resume_and_load(tmp_path):
+    vae = train_vae(tmp_path / "vae-run", steps=2, batch=2, checkpoint_every=1, log_every=1)
+    assert json.loads((vae / "config.json").read_text())["scaling_factor"] != 1.0  # set from latent stats
+    train_vae(tmp_path / "vae-run", steps=3, batch=2, checkpoint_every=1, log_every=1)  # resumes at 2
+    steps = [json.loads(line)["step"] for line in (tmp_path / "vae-run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+    transformer = train_base(vae, tmp_path / "base-run", steps=2, batch=2, checkpoint_every=1, log_every=1)
+    assert sorted(p.name for p in (tmp_path / "base-run").glob("ckpt-*")) == ["ckpt-1", "ckpt-2"]
+    folder = tmp_path / "model"
+    shutil.copytree(vae, folder / "vae")
+    shutil.copytree(transformer, folder / "transformer")
+    pipe = load_pipeline(folder)
+    assert pipe.transformer.config.in_channels == 96 and pipe.vae_scale_factor == 4
+
+
+def test_load_pipeline_names_missing_models(tmp_path):
+    with pytest.raises(WeightsError, match="missing"):
+        load_pipeline(tmp_path)
+
+
+def test_random_fill_masks_cover_the_three_kinds():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for _ in range(60):
+        m = np.asarray(random_fill_mask(rng)) > 0
+        assert m.shape == (64, 128) and m.any()
+        kinds.add(
+            "right"
+            if m[:, 64:].all() and not m[:, :64].any()
+            else "left"
+            if m[:, :64].all() and not m[:, 64:].any()
+            else "boxes"
+        )
+    assert kinds == {"right", "left", "boxes"}
