@@ -46,7 +46,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2, help="double blocks (single blocks: twice as many)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadiest on shared CPUs)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     pipe = build_tiny_fill_pipeline(num_layers=args.layers, num_single_layers=2 * args.layers).to(args.device)
     editor = Editor(pipe, default_width=args.panel)

@@ -122,9 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--usage", metavar="JSON", help="expert usage per layer (from edit --routing-stats)")
     export.set_defaults(func=run_export_lora)
 
+    from .shapes.cli import add_shapes_parser
     from .train.cli import add_train_parser
 
     add_train_parser(sub)
+    add_shapes_parser(sub)
     return parser
 
 

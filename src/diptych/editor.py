@@ -113,7 +113,11 @@ class Editor:
         """Load a Fill model from the hub or a local diffusers folder, plus an optional adapter.
 
         `adapter` may be a plain LoRA (diffusers format, e.g. the official ICEdit normal LoRA) or a LoRA-MoE
-        checkpoint in the official ICEdit layout; which one is told from its keys. `moe_dispatch` "sparse"
+        checkpoint in the official ICEdit layout; which one is told from its keys.
+
+        `base="shapes"` is the built-in ShapesEdit model (shipped in the package; `"shapes:FOLDER"` for one
+        in the same layout); its adapter defaults to the shipped LoRA-MoE, `"lora"` picks the shipped plain
+        LoRA and `"none"` the bare base model. `moe_dispatch` "sparse"
         computes only each token's chosen experts (equal to the official "dense" up to float rounding).
 
         `offload`: "none" (everything on `device`), "model" (each model moves to the GPU while it runs;
@@ -127,6 +131,10 @@ class Editor:
             raise InputError(f"offload={offload!r} moves models to an accelerator; with device=cpu use 'none'")
 
         base = str(base)
+        if base == "shapes" or base.startswith("shapes:"):
+            return cls._from_shapes(
+                base, adapter, adapter_scale=adapter_scale, device=device, dtype=dtype, moe_dispatch=moe_dispatch
+            )
         _check_base_exists(base)
         transformer_cfg = _load_config(FluxTransformer2DModel, base, "transformer", local_files_only)
         vae_cfg = _load_config(AutoencoderKL, base, "vae", local_files_only)
@@ -152,6 +160,24 @@ class Editor:
         else:
             pipe.to(device)
         editor = cls(pipe)
+        editor.adapter_kind = adapter_kind
+        return editor
+
+    @classmethod
+    def _from_shapes(cls, base, adapter, *, adapter_scale, device, dtype, moe_dispatch) -> Editor:
+        """The built-in ShapesEdit model (VAE + Fill transformer + MiniLM), by default with its MoE adapter."""
+        from .encoders import MiniLMPromptEncoder
+        from .shapes import models as shapes_models
+
+        folder = shapes_models.resolve_folder(base)
+        pipe = shapes_models.load_pipeline(folder, dtype=dtype)
+        adapter_path = shapes_models.resolve_adapter(folder, None if adapter is None else str(adapter))
+        adapter_kind = None
+        if adapter_path is not None:
+            adapter_kind = load_adapter(pipe, adapter_path, scale=adapter_scale, moe_dispatch=moe_dispatch)
+        pipe.to(device)
+        encoder = MiniLMPromptEncoder.from_pretrained(max_length=shapes_models.TEXT_TOKENS, device=device)
+        editor = cls(pipe, encoder=encoder, default_width=shapes_models.PANEL)
         editor.adapter_kind = adapter_kind
         return editor
 

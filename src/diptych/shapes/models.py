@@ -96,3 +96,32 @@ def load_pipeline(folder: str | Path = WEIGHTS, *, dtype: torch.dtype = torch.fl
     vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
     transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=dtype)
     return assemble_pipeline(vae, transformer)
+
+
+#: Adapters shipped with the built-in model, by name.
+ADAPTER_FILES = {"moe": "adapters/moe.safetensors", "lora": "adapters/lora.safetensors"}
+
+
+def resolve_folder(base: str) -> Path:
+    """'shapes' -> the shipped weights; 'shapes:/some/folder' -> a folder in the same layout."""
+    if base == "shapes":
+        return WEIGHTS
+    if base.startswith("shapes:"):
+        return Path(base.removeprefix("shapes:"))
+    raise ValueError(f"not a ShapesEdit model name: {base!r}")
+
+
+def resolve_adapter(folder: Path, adapter: str | None) -> Path | None:
+    """The adapter file for the built-in model: None -> the MoE adapter if shipped; 'none' -> no adapter;
+    'moe' / 'lora' -> the shipped one (an error if missing); anything else is a path."""
+    if adapter is None:
+        path = folder / ADAPTER_FILES["moe"]
+        return path if path.is_file() else None
+    if adapter == "none":
+        return None
+    if adapter in ADAPTER_FILES:
+        path = folder / ADAPTER_FILES[adapter]
+        if not path.is_file():
+            raise WeightsError(f"the built-in {adapter!r} adapter is missing from {folder}; see docs/shapes.md")
+        return path
+    return Path(adapter)
