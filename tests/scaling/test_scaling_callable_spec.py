@@ -212,13 +212,13 @@ def test_spec_option_errors(spec: str, message: str) -> None:
         load_judge(spec)
 
 
-def test_unknown_scheme_lists_the_known_ones_and_shapes_is_reserved() -> None:
+def test_unknown_scheme_lists_the_known_ones_and_shapes_names_missing_weights(tmp_path: Path) -> None:
     with pytest.raises(JudgeSpecError, match="unknown judge spec 'gpt4'") as info:
         load_judge("gpt4")
     for scheme in KNOWN_SCHEMES:
         assert scheme + ":" in str(info.value)
-    with pytest.raises(JudgeSpecError, match="ShapesEdit judge ships with the built-in model"):
-        load_judge("shapes")
+    with pytest.raises(WeightsError, match="ShapesEdit judge is missing"):
+        load_judge(f"shapes:{tmp_path}")
     with pytest.raises(JudgeSpecError, match="non-empty"):
         load_judge("  ")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diptych.train import checkpoint as ckpt
+from diptych import checkpoints as ckpt
 
 
 def test_nested_states_round_trip_exactly(tmp_path):

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diptych import checkpoints as ckpt
 from diptych.testing import random_image
-from diptych.train import checkpoint as ckpt
 from diptych.train import trainer as trainer_module
 from diptych.train.cli import main
 from diptych.train.config import TrainConfig

@@ -9,7 +9,7 @@
                                        optional ``?preserve_weight=0.5&device=cpu``
 ``local-vlm:PATH``                     a local VLM (Qwen2.5-VL) through transformers; optional
                                        ``?device=cuda&dtype=bfloat16&max_new_tokens=64&retries=2``
-``shapes``                             reserved for the ShapesEdit judge
+``shapes`` / ``shapes:FOLDER``         the learned ShapesEdit judge (shipped with the built-in model)
 =====================================  ===============================================================
 """
 
@@ -188,10 +188,9 @@ def load_judge(spec: str) -> Judge:
     if scheme == "local-vlm":
         return _local_vlm(spec, rest)
     if scheme == "shapes":
-        raise JudgeSpecError(
-            "the ShapesEdit judge ships with the built-in model and is not available yet; "
-            "use 'clip', 'vlm:URL?model=NAME', 'local-vlm:PATH' or 'python:module:function'"
-        )
+        from ..shapes.judge import ShapesJudge
+
+        return ShapesJudge.from_pretrained(rest) if rest else ShapesJudge.from_pretrained()
     raise JudgeSpecError(
         f"unknown judge spec {spec!r}; it must start with one of: "
         f"{', '.join(s + ':' for s in KNOWN_SCHEMES)} "

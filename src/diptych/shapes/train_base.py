@@ -5,7 +5,7 @@ right panel, the left panel, or rectangles anywhere). It never sees an edit inst
 instructions is what the adapters are then trained for, as ICEdit does on FLUX.1 Fill.
 
 The loss is the project's flow-matching objective (`diptych.train.objective`), the checkpoints are the
-trainer's (`diptych.train.checkpoint`: safetensors + JSON, atomic, resumable).
+trainer's (`diptych.checkpoints`: safetensors + JSON, atomic, resumable).
 
 Example:
     python -m diptych.shapes.train_base --vae runs/shapes-vae/vae --out runs/shapes-base --steps 6000
@@ -24,9 +24,9 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 
+from .. import checkpoints as ckpt
 from ..canvas import compose_diptych
 from ..encoders import MiniLMPromptEncoder
-from ..train import checkpoint as ckpt
 from ..train.objective import FlowMatchingObjective
 from .dataset import scene_split
 from .models import PANEL, TEXT_TOKENS, assemble_pipeline, build_transformer

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..train import checkpoint as ckpt
+from .. import checkpoints as ckpt
 from .models import PANEL, build_vae
 from .world import random_scene, render_array
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .. import checkpoints as ckpt
 from ..canvas import PanelSize
 from ..images import save_image_atomic
-from . import checkpoint as ckpt
 from .adapters import add_lora, add_moe, export_adapter, trainable_parameters
 from .config import ConfigError, TrainConfig, write_yaml
 from .data import EditDataset, EditSample, open_dataset

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import WeightsError
+from .errors import WeightsError
 
 CHECKPOINT_RE = re.compile(r"^ckpt-(\d+)$")
 COMPLETE_MARKER = "trainer.json"
