@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, FluxTransformer2DModel
 from PIL import Image, ImageDraw
 
 from .. import checkpoints as ckpt
@@ -78,22 +78,31 @@ def train_base(
     checkpoint_every: int = 200,
     keep: int = 2,
     log_every: int = 25,
+    device: str = "cpu",
+    init: Path | None = None,
 ) -> Path:
-    """Train (or resume) the base transformer; writes `out / "transformer"` at the end and returns it."""
+    """Train (or resume) the base transformer; writes `out / "transformer"` at the end and returns it.
+
+    `init` starts a new run from saved transformer weights (e.g. the shipped base) instead of random ones.
+    """
     torch.manual_seed(seed)
-    vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
-    transformer = build_transformer().train()
+    device_t = torch.device(device)
+    vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False).to(device_t)
+    transformer = build_transformer()
+    if init is not None:
+        transformer = FluxTransformer2DModel.from_pretrained(init)
+    transformer = transformer.to(device_t).train()
     pipe = assemble_pipeline(vae, transformer)
     transformer.train()
     objective = FlowMatchingObjective(pipe, loss_region="all")
-    encoder = MiniLMPromptEncoder.from_pretrained(max_length=TEXT_TOKENS)
+    encoder = MiniLMPromptEncoder.from_pretrained(max_length=TEXT_TOKENS, device=device_t)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     step = 0
     latest = ckpt.latest_checkpoint(out)
     if latest is not None:
-        transformer.load_state_dict(ckpt.load_tensors(latest / "transformer.safetensors"))
-        optimizer.load_state_dict(ckpt.load_state(latest, "optimizer"))
+        transformer.load_state_dict(ckpt.load_tensors(latest / "transformer.safetensors", device_t))
+        optimizer.load_state_dict(ckpt.load_state(latest, "optimizer", device_t))
         state = ckpt.read_json(latest / ckpt.COMPLETE_MARKER)
         step, rng.bit_generator.state = state["step"], state["rng"]
         print(f"resumed from {latest} at step {step}")
@@ -106,7 +115,7 @@ def train_base(
             group["lr"] = lr * warm * max(0.05, 0.5 * (1 + math.cos(math.pi * step / steps)))
         canvases, masks, prompts = pretrain_batch(rng, batch)
         gens = [torch.Generator().manual_seed(int(s)) for s in rng.integers(0, 2**62, size=batch)]
-        encoded = objective.encode(canvases, masks, gens, device=torch.device("cpu"), dtype=torch.float32)
+        encoded = objective.encode(canvases, masks, gens, device=device_t, dtype=torch.float32)
         embeds, pooled = encoder.embed(prompts)
         loss = objective.loss(transformer, encoded, embeds, pooled, gens, guidance_embeds=False)
         optimizer.zero_grad(set_to_none=True)
@@ -146,10 +155,21 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--init", type=Path, default=None, help="start from these transformer weights")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = train_base(args.vae, args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    folder = train_base(
+        args.vae,
+        args.out,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        init=args.init,
+    )
     print(f"wrote {folder}")
 
 

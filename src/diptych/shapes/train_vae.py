@@ -42,18 +42,19 @@ def train_vae(
     seed: int = 0,
     checkpoint_every: int = 100,
     log_every: int = 50,
+    device: str = "cpu",
 ) -> Path:
     """Train (or resume) and write the final VAE to `out / "vae"`; returns that folder."""
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
-    vae = build_vae().train()
+    vae = build_vae().to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     step = 0
     latest = ckpt.latest_checkpoint(out)
     if latest is not None:
-        vae.load_state_dict(ckpt.load_tensors(latest / "vae.safetensors"))
-        optimizer.load_state_dict(ckpt.load_state(latest, "optimizer"))
+        vae.load_state_dict(ckpt.load_tensors(latest / "vae.safetensors", device))
+        optimizer.load_state_dict(ckpt.load_state(latest, "optimizer", device))
         state = ckpt.read_json(latest / ckpt.COMPLETE_MARKER)
         step, rng.bit_generator.state = state["step"], state["rng"]
         torch.set_rng_state(ckpt.load_state(latest, "torch_rng").to(torch.uint8))
@@ -65,7 +66,7 @@ def train_vae(
         scale = min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in optimizer.param_groups:
             group["lr"] = lr * max(scale, 0.02)
-        x = scene_batch(rng, batch)
+        x = scene_batch(rng, batch).to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         l1, mse = (recon - x).abs().mean(), (recon - x).pow(2).mean()
@@ -103,10 +104,11 @@ def finalize(vae, folder: Path, *, seed: int = 0, samples: int = 512) -> Path:
     """Set the latent shift/scale from fresh scenes (so latents are ~N(0, 1)) and save in diffusers layout."""
     vae.eval()
     rng = np.random.default_rng(seed + 10_000)
-    latents = torch.cat([vae.encode(scene_batch(rng, 64)).latent_dist.mode() for _ in range(samples // 64)])
+    device = next(vae.parameters()).device
+    latents = torch.cat([vae.encode(scene_batch(rng, 64).to(device)).latent_dist.mode() for _ in range(samples // 64)])
     shift, std = latents.mean().item(), latents.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
-    vae.save_pretrained(folder)
+    vae.to("cpu").save_pretrained(folder)
     return folder
 
 
@@ -118,10 +120,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = train_vae(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    folder = train_vae(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, device=args.device)
     print(f"wrote {folder}")
 
 
