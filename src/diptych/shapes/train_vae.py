@@ -112,6 +112,29 @@ def finalize(vae, folder: Path, *, seed: int = 0, samples: int = 512) -> Path:
     return folder
 
 
+@torch.no_grad()
+def roundtrip_ceiling(vae, n: int = 200) -> dict[str, float]:
+    """Encode and decode the ground-truth targets of `n` test edits and score them with the success rule:
+    no model built on this VAE can succeed more often than this."""
+    from PIL import Image
+
+    from .dataset import sample_edit
+    from .edits import judge_edit
+
+    vae.eval()
+    device = next(vae.parameters()).device
+    successes, l1 = 0, 0.0
+    for index in range(n):
+        example = sample_edit("test", index, phrasings="all")
+        x = torch.from_numpy(np.array(example.target_image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        y = vae.decode(vae.encode(x.to(device)).latent_dist.mode()).sample.clamp(-1, 1)
+        pixels = ((y[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        score = judge_edit(Image.fromarray(pixels), example.edit)
+        successes += score.success
+        l1 += score.l1
+    return {"roundtrip_success": successes / n, "roundtrip_l1": l1 / n, "n": n}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, final vae/)")
@@ -125,7 +148,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = train_vae(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, device=args.device)
-    print(f"wrote {folder}")
+    from diffusers import AutoencoderKL
+
+    ceiling = roundtrip_ceiling(AutoencoderKL.from_pretrained(folder))
+    (folder / "ceiling.json").write_text(json.dumps(ceiling))
+    print(f"wrote {folder}; ground truth through the VAE passes the success rule {ceiling['roundtrip_success']:.1%}")
 
 
 if __name__ == "__main__":
