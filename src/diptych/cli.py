@@ -15,6 +15,7 @@ examples:
   diptych edit cat.png "make the cat wear a red hat" -o hat.png --lora RiverZ/normal-lora
   diptych edit room.jpg "remove the lamp" -o out.png --mask lamp_mask.png --keep-size
   diptych edit --batch edits.jsonl --out-dir results/ --base ./FLUX.1-Fill-dev --offload model
+  diptych edit room.png -i "add a plant" -i "make the walls blue" -i "remove the lamp" -o out.png
   diptych edit cat.png "make it snow" -o snow.png --candidates 6 --early-steps 10 \
       --judge "vlm:http://localhost:8000/v1?model=Qwen/Qwen2.5-VL-72B-Instruct" --save-candidates cands/
 
@@ -40,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("image", nargs="?", help="source image (PNG, JPEG, WebP, BMP, TIFF)")
     edit.add_argument("instruction", nargs="?", help='the edit, e.g. "make the sky purple"')
     edit.add_argument("-o", "--output", help="where to write the edited image (.png, .jpg, .webp)")
+    edit.add_argument(
+        "-i",
+        "--instruction",
+        dest="turns",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a further turn (repeatable): the edits apply one after the other",
+    )
     edit.add_argument("--batch", metavar="JSONL", help="edit every line of a JSONL file instead")
     edit.add_argument("--out-dir", metavar="DIR", help="output folder for --batch")
     edit.add_argument("--overwrite", action="store_true", help="redo batch items whose output exists")
@@ -81,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--feather", type=int, default=3, help="mask edge feather in pixels (default 3)")
     sampling.add_argument("--keep-size", action="store_true", help="resize the result to the source's size")
     sampling.add_argument("--batch-size", type=int, default=4, help="edits per transformer batch (default 4)")
+    turns = edit.add_argument_group("multi-turn editing")
+    turns.add_argument(
+        "--threshold", type=float, default=0.03, help="Emu Edit's per-pixel threshold between turns (default 0.03)"
+    )
+    turns.add_argument("--no-threshold", action="store_true", help="keep every pixel each turn changes")
+    turns.add_argument("--save-turns", metavar="DIR", help="write the image after every turn")
     scaling = edit.add_argument_group("early filter (inference-time scaling)")
     scaling.add_argument("--candidates", type=int, default=1, help="seeds to try (default 1: no filter)")
     scaling.add_argument("--early-steps", type=int, default=10, help="steps per candidate before judging")
@@ -146,16 +162,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------- edit
 def run_edit(args: argparse.Namespace) -> int:
     if args.batch:
-        if args.image or args.instruction or args.output:
+        if args.image or args.instruction or args.output or args.turns:
             raise InputError("give either IMAGE INSTRUCTION -o OUT or --batch JSONL --out-dir DIR, not both")
         if not args.out_dir:
             raise InputError("--batch needs --out-dir DIR for the results")
         jobs = read_batch(Path(args.batch), Path(args.out_dir), overwrite=args.overwrite)
     else:
-        if not (args.image and args.instruction and args.output):
+        args.turns = ([args.instruction] if args.instruction else []) + args.turns
+        if not (args.image and args.turns and args.output):
             raise InputError('usage: diptych edit IMAGE "instruction" -o OUT.png (or --batch JSONL --out-dir DIR)')
-        jobs = [BatchJob(args.image, args.instruction, args.seed, args.mask, Path(args.output), line=0)]
-    _check_outputs(jobs)
+        jobs = [BatchJob(args.image, t, args.seed, args.mask, Path(args.output), line=0) for t in args.turns]
+    _check_outputs(jobs if args.batch else jobs[:1])
     # Validate every input before loading weights: a typo should not cost a model load.
     from .images import load_image, load_mask, validate_instruction
 
@@ -208,6 +225,8 @@ def run_edit(args: argparse.Namespace) -> int:
         set_collect_stats(editor.pipe.transformer, True)
     if args.max_pixels:
         editor.max_canvas_pixels = args.max_pixels
+    if not args.batch and len(jobs) > 1:
+        return _run_session(editor, jobs, judge, args)
     if judge is not None:
         return _run_early_filter(editor, jobs[0], judge, args)
     bar = tqdm(total=len(jobs) * args.steps, unit="step", disable=args.quiet, desc="editing")
@@ -286,6 +305,33 @@ def _run_early_filter(editor, job: BatchJob, judge, args: argparse.Namespace) ->
         f"wrote {job.output}",
         file=sys.stderr,
     )
+    return 0
+
+
+def _run_session(editor, jobs: list[BatchJob], judge, args: argparse.Namespace) -> int:
+    """Several instructions in sequence on one image (the mask, if any, applies to the first turn)."""
+    from tqdm.auto import tqdm
+
+    from .images import save_image_atomic
+
+    threshold = None if args.no_threshold else args.threshold
+    options = dict(
+        steps=args.steps,
+        guidance=args.guidance,
+        width=args.width,
+        template=args.template,
+        keep_size=args.keep_size,
+        feather=args.feather,
+    )
+    if judge is not None:
+        options.update(candidates=args.candidates, early_steps=args.early_steps, judge=judge, strategy=args.strategy)
+    session = editor.session(jobs[0].image, threshold=threshold, seed=args.seed, **options)
+    for turn, job in enumerate(tqdm(jobs, unit="turn", disable=args.quiet, desc="turns")):
+        image = session.edit(job.instruction, mask=job.mask if turn == 0 else None)
+        if args.save_turns:
+            save_image_atomic(image, Path(args.save_turns) / f"turn_{turn + 1}.png")
+    save_image_atomic(session.image, jobs[0].output)
+    print(f"wrote {len(jobs)} turns to {jobs[0].output}", file=sys.stderr)
     return 0
 
 

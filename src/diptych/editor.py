@@ -207,6 +207,13 @@ class Editor:
             unfuse_lora(self.pipe.transformer)
 
     # ------------------------------------------------------------------ editing
+    def session(self, image: ImageInput, **options):
+        """A multi-turn editing session on `image` (history, undo, Emu Edit thresholding between turns);
+        see `diptych.session.EditSession` for the options."""
+        from .session import EditSession
+
+        return EditSession(self, image, **options)
+
     def edit(
         self,
         image: ImageInput,
