@@ -43,11 +43,20 @@ def train_vae(
     checkpoint_every: int = 100,
     log_every: int = 50,
     device: str = "cpu",
+    init: Path | None = None,
 ) -> Path:
-    """Train (or resume) and write the final VAE to `out / "vae"`; returns that folder."""
+    """Train (or resume) and write the final VAE to `out / "vae"`; returns that folder.
+
+    `init` starts a new run from saved VAE weights (e.g. the shipped VAE) instead of random ones.
+    """
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
-    vae = build_vae().to(device).train()
+    vae = build_vae()
+    if init is not None:
+        from diffusers import AutoencoderKL
+
+        vae.load_state_dict(AutoencoderKL.from_pretrained(init).state_dict())
+    vae = vae.to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     step = 0
@@ -144,10 +153,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--init", type=Path, default=None, help="start from these VAE weights (a vae/ folder)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = train_vae(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, device=args.device)
+    folder = train_vae(
+        args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, device=args.device, init=args.init
+    )
     from diffusers import AutoencoderKL
 
     ceiling = roundtrip_ceiling(AutoencoderKL.from_pretrained(folder))
