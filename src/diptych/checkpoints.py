@@ -239,3 +239,47 @@ def resolve_resume(root: Path, resume: bool | str | None) -> Path | None:
             )
         return None
     return latest
+
+
+# ------------------------------------------------------------------------------------- simple loops
+
+
+def save_loop_state(
+    root: Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    keep: int = 2,
+) -> Path:
+    """A checkpoint of a simple training loop: model weights, optimizer, torch and numpy generator states.
+    Published atomically as `root/ckpt-{step}`; only the `keep` newest are kept."""
+    tmp = begin(root, step)
+    save_tensors(tmp / "model.safetensors", model.state_dict())
+    save_state(tmp, "optimizer", optimizer.state_dict())
+    save_state(tmp, "torch_rng", torch.get_rng_state())
+    final = commit(tmp, {"step": step, "rng": rng.bit_generator.state})
+    prune(root, keep)
+    return final
+
+
+def resume_loop_state(
+    root: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    device: str | torch.device = "cpu",
+) -> int:
+    """Restore the latest `save_loop_state` checkpoint under `root` in place; returns its step (0 if none)."""
+    latest = latest_checkpoint(root)
+    if latest is None:
+        return 0
+    model.load_state_dict(load_tensors(latest / "model.safetensors", device))
+    optimizer.load_state_dict(load_state(latest, "optimizer", device))
+    torch.set_rng_state(load_state(latest, "torch_rng").to(torch.uint8))
+    meta = read_json(latest / COMPLETE_MARKER)
+    rng.bit_generator.state = meta["rng"]
+    print(f"resumed from {latest} at step {meta['step']}")
+    return int(meta["step"])

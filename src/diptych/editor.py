@@ -245,29 +245,7 @@ class Editor:
         `diptych.scaling.early_filter.edit_with_early_filter` directly.
         """
         request = EditRequest(image, instruction, seed, mask)
-        if candidates > 1:
-            from .scaling.early_filter import edit_with_early_filter
-            from .scaling.spec import load_judge
-
-            if judge is None:
-                raise InputError("early filtering (candidates > 1) needs a judge, e.g. judge='clip'")
-            return edit_with_early_filter(
-                self,
-                request,
-                judge=load_judge(judge) if isinstance(judge, str) else judge,
-                candidates=candidates,
-                early_steps=early_steps,
-                steps=steps,
-                guidance=guidance,
-                width=width,
-                template=template,
-                keep_size=keep_size,
-                feather=feather,
-                strategy=strategy,
-                progress=progress,
-            ).image
-        return self.edit_many(
-            [request],
+        options = dict(
             steps=steps,
             guidance=guidance,
             width=width,
@@ -275,7 +253,24 @@ class Editor:
             keep_size=keep_size,
             feather=feather,
             progress=progress,
-        )[0]
+        )
+        if candidates > 1:
+            from .scaling.early_filter import edit_with_early_filter
+            from .scaling.spec import load_judge
+
+            if judge is None:
+                raise InputError("early filtering (candidates > 1) needs a judge, e.g. judge='clip'")
+            judge = load_judge(judge) if isinstance(judge, str) else judge
+            return edit_with_early_filter(
+                self,
+                request,
+                judge=judge,
+                candidates=candidates,
+                early_steps=early_steps,
+                strategy=strategy,
+                **options,
+            ).image
+        return self.edit_many([request], **options)[0]
 
     def edit_many(
         self,

@@ -33,6 +33,16 @@ from .errors import InputError
 
 StepCallback = Callable[[int, int], None]
 
+#: FLUX.1's scheduler configuration: flow matching with a resolution-dependent shift of the sigmas.
+FLUX_SCHEDULER_CONFIG = {
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+}
+
 
 @dataclass
 class FillState:

@@ -23,6 +23,8 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from .sampler import FLUX_SCHEDULER_CONFIG
+
 _CHARS = string.ascii_lowercase + string.digits + ".,!?'-:;()\"{}"
 
 
@@ -109,14 +111,7 @@ def build_tiny_fill_pipeline(
         axes_dims_rope=[4, 4, 8],
         guidance_embeds=True,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        base_shift=0.5,
-        max_shift=1.15,
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
     pipe = FluxFillPipeline(
         scheduler=scheduler,
         vae=vae.eval(),

@@ -148,14 +148,8 @@ def train_judge(
     net = ShapesJudgeNet()
     encoder = MiniLMPromptEncoder.from_pretrained()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
-    rng, step = np.random.default_rng(seed), 0
-    latest = ckpt.latest_checkpoint(out)
-    if latest is not None:
-        net.load_state_dict(ckpt.load_tensors(latest / "judge.safetensors"))
-        optimizer.load_state_dict(ckpt.load_state(latest, "optimizer"))
-        state = ckpt.read_json(latest / ckpt.COMPLETE_MARKER)
-        step, rng.bit_generator.state = state["step"], state["rng"]
-        print(f"resumed from {latest} at step {step}")
+    rng = np.random.default_rng(seed)
+    step = ckpt.resume_loop_state(out, model=net, optimizer=optimizer, rng=rng)
     out.mkdir(parents=True, exist_ok=True)
     log, start, first = (out / "log.jsonl").open("a"), time.perf_counter(), step
     while step < steps:
@@ -176,11 +170,7 @@ def train_judge(
             log.flush()
             print(f"step {step}/{steps} loss {loss.item():.4f} acc {acc:.3f} ({rate:.2f} it/s)", flush=True)
         if step % checkpoint_every == 0 or step == steps:
-            tmp = ckpt.begin(out, step)
-            ckpt.save_tensors(tmp / "judge.safetensors", net.state_dict())
-            ckpt.save_state(tmp, "optimizer", optimizer.state_dict())
-            ckpt.commit(tmp, {"step": step, "rng": rng.bit_generator.state})
-            ckpt.prune(out, 2)
+            ckpt.save_loop_state(out, step, model=net, optimizer=optimizer, rng=rng)
     folder = out / "judge"
     folder.mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "judge.safetensors"))

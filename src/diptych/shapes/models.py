@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
 
 from ..errors import WeightsError
+from ..sampler import FLUX_SCHEDULER_CONFIG
 
 PANEL = 64
 LATENT_CHANNELS = 4
@@ -61,14 +62,7 @@ def build_transformer(*, num_layers: int = 2, num_single_layers: int = 4) -> Flu
 
 def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
     """FLUX's scheduler configuration (resolution-dependent shift)."""
-    return FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        base_shift=0.5,
-        max_shift=1.15,
-    )
+    return FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
 
 
 def assemble_pipeline(vae: AutoencoderKL, transformer: FluxTransformer2DModel) -> FluxFillPipeline:

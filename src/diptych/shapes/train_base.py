@@ -98,14 +98,7 @@ def train_base(
     encoder = MiniLMPromptEncoder.from_pretrained(max_length=TEXT_TOKENS, device=device_t)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
-    step = 0
-    latest = ckpt.latest_checkpoint(out)
-    if latest is not None:
-        transformer.load_state_dict(ckpt.load_tensors(latest / "transformer.safetensors", device_t))
-        optimizer.load_state_dict(ckpt.load_state(latest, "optimizer", device_t))
-        state = ckpt.read_json(latest / ckpt.COMPLETE_MARKER)
-        step, rng.bit_generator.state = state["step"], state["rng"]
-        print(f"resumed from {latest} at step {step}")
+    step = ckpt.resume_loop_state(out, model=transformer, optimizer=optimizer, rng=rng, device=device_t)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "log.jsonl").open("a")
     start, start_step = time.perf_counter(), step
@@ -137,11 +130,7 @@ def train_base(
                 f"step {step}/{steps} loss {row['loss']:.4f} |g| {row['grad_norm']:.2f} ({rate:.2f} it/s)", flush=True
             )
         if step % checkpoint_every == 0 or step == steps:
-            tmp = ckpt.begin(out, step)
-            ckpt.save_tensors(tmp / "transformer.safetensors", transformer.state_dict())
-            ckpt.save_state(tmp, "optimizer", optimizer.state_dict())
-            ckpt.commit(tmp, {"step": step, "rng": rng.bit_generator.state})
-            ckpt.prune(out, keep)
+            ckpt.save_loop_state(out, step, model=transformer, optimizer=optimizer, rng=rng, keep=keep)
     transformer.eval().save_pretrained(out / "transformer")
     return out / "transformer"
 

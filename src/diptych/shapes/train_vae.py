@@ -59,15 +59,7 @@ def train_vae(
     vae = vae.to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
-    step = 0
-    latest = ckpt.latest_checkpoint(out)
-    if latest is not None:
-        vae.load_state_dict(ckpt.load_tensors(latest / "vae.safetensors", device))
-        optimizer.load_state_dict(ckpt.load_state(latest, "optimizer", device))
-        state = ckpt.read_json(latest / ckpt.COMPLETE_MARKER)
-        step, rng.bit_generator.state = state["step"], state["rng"]
-        torch.set_rng_state(ckpt.load_state(latest, "torch_rng").to(torch.uint8))
-        print(f"resumed from {latest} at step {step}")
+    step = ckpt.resume_loop_state(out, model=vae, optimizer=optimizer, rng=rng, device=device)
     log = (out / "log.jsonl").open("a")
     start = time.perf_counter()
     while step < steps:
@@ -99,12 +91,7 @@ def train_vae(
             log.flush()
             print(f"step {step}/{steps} l1 {row['l1']:.4f} mse {row['mse']:.5f} kl {row['kl']:.3f} ({rate:.2f} it/s)")
         if step % checkpoint_every == 0 or step == steps:
-            tmp = ckpt.begin(out, step)
-            ckpt.save_tensors(tmp / "vae.safetensors", vae.state_dict())
-            ckpt.save_state(tmp, "optimizer", optimizer.state_dict())
-            ckpt.save_state(tmp, "torch_rng", torch.get_rng_state())
-            ckpt.commit(tmp, {"step": step, "rng": rng.bit_generator.state})
-            ckpt.prune(out, 2)
+            ckpt.save_loop_state(out, step, model=vae, optimizer=optimizer, rng=rng)
     return finalize(vae, out / "vae", seed=seed)
 
 
