@@ -281,5 +281,5 @@ def resume_loop_state(
     torch.set_rng_state(load_state(latest, "torch_rng").to(torch.uint8))
     meta = read_json(latest / COMPLETE_MARKER)
     rng.bit_generator.state = meta["rng"]
-    print(f"resumed from {latest} at step {meta['step']}")
+    print(f"resumed from {latest} at step {meta['step']}", flush=True)
     return int(meta["step"])

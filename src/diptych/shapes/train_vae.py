@@ -89,7 +89,10 @@ def train_vae(
             }
             log.write(json.dumps(row) + "\n")
             log.flush()
-            print(f"step {step}/{steps} l1 {row['l1']:.4f} mse {row['mse']:.5f} kl {row['kl']:.3f} ({rate:.2f} it/s)")
+            print(
+                f"step {step}/{steps} l1 {row['l1']:.4f} mse {row['mse']:.5f} kl {row['kl']:.3f} ({rate:.2f} it/s)",
+                flush=True,
+            )
         if step % checkpoint_every == 0 or step == steps:
             ckpt.save_loop_state(out, step, model=vae, optimizer=optimizer, rng=rng)
     return finalize(vae, out / "vae", seed=seed)
