@@ -228,7 +228,7 @@ class VLMJudge:
             raise _Retryable(f"the completion's content is {type(content).__name__}, not text")
         return content.strip()
 
-    def _request(self, messages: list[dict[str, Any]]) -> str:
+    def chat(self, messages: list[dict[str, Any]]) -> str:
         """POST one chat completion, retrying transport failures; returns the answer text."""
         payload = {
             **self.extra_body,
@@ -277,7 +277,7 @@ class VLMJudge:
         messages = self._messages(images, instruction)
         answers: list[str] = []
         for _ in range(self.retries + 1):
-            answer = self._request(messages)
+            answer = self.chat(messages)
             answers.append(answer)
             verdict = verdict_from_answer(answer)
             if verdict is not None:
