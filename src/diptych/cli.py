@@ -138,19 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--usage", metavar="JSON", help="expert usage per layer (from edit --routing-stats)")
     export.set_defaults(func=run_export_lora)
 
+    from .eval.cli import add_eval_parser
     from .shapes.cli import add_shapes_parser
     from .train.cli import add_train_parser
 
     add_train_parser(sub)
+    add_eval_parser(sub)
     add_shapes_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    return run_guarded(args.func, args)
+
+
+def run_guarded(func, args: argparse.Namespace) -> int:
+    """Run a command; a `DiptychError` becomes one line on stderr and exit code 2."""
     try:
-        return args.func(args)
+        return func(args)
     except DiptychError as err:
         print(f"diptych: error: {err}", file=sys.stderr)
         return 2

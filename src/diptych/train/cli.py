@@ -13,8 +13,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..errors import DiptychError
-
 TRAIN_EXAMPLES = """\
 examples:
   # plain LoRA on a folder of pairs (data.jsonl: {"source", "instruction", "target"} per line)
@@ -159,15 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_train(args)
-    except DiptychError as err:
-        print(f"diptych: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("diptych: interrupted", file=sys.stderr)
-        return 130
+    from ..cli import run_guarded
+
+    return run_guarded(run_train, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
