@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	@# The web UI test drives Debian's Chromium (Playwright's own browser download is not used).
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "warning: could not install chromium; the browser test will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -139,11 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=run_export_lora)
 
     from .eval.cli import add_eval_parser
+    from .serve.cli import add_serve_parser
     from .shapes.cli import add_shapes_parser
     from .train.cli import add_train_parser
 
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_serve_parser(sub)
     add_shapes_parser(sub)
     return parser
 
