@@ -82,7 +82,7 @@ def run_variant(
                     seed=seed,
                     steps=steps,
                     candidates=candidates,
-                    early_steps=options["early_steps"],
+                    early_steps=min(options["early_steps"], steps),
                     judge=options["judge"],
                 )
             )
