@@ -4,7 +4,7 @@
 - `stream`: epoch order, batching, aspect buckets, resumable data position;
 - `objective`: the flow-matching loss on diptych canvases;
 - `adapters`: adding trainable adapters and exporting them for `diptych edit --lora`;
-- `checkpoint`: pickle-free checkpoints, written atomically;
+- checkpoints: `diptych.checkpoints` (pickle-free, written atomically, shared with the ShapesEdit loops);
 - `trainer`: the accelerate loop; `cli`: `diptych train`.
 
 `Trainer` and `train` are imported lazily (they load torch, diffusers and accelerate).
