@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="LoRA-MoE adapters: dense (official) or sparse (only the chosen experts; faster)",
     )
     model.add_argument("--fuse", action="store_true", help="fold the adapter into the base weights (faster)")
+    model.add_argument(
+        "--task",
+        default=None,
+        help="Emu Edit task (default: predicted from the instruction when a task embedding is loaded)",
+    )
+    model.add_argument(
+        "--task-file",
+        default=None,
+        help="task embedding (default: the --lora folder's task_embedding.safetensors, if any)",
+    )
     model.add_argument("--routing-stats", metavar="JSON", help="LoRA-MoE adapters: write expert usage per layer")
     model.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
     model.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
@@ -138,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--usage", metavar="JSON", help="expert usage per layer (from edit --routing-stats)")
     export.set_defaults(func=run_export_lora)
 
+    from .emu.datagen_cli import add_datagen_parser
+    from .emu.inversion_cli import add_invert_task_parser
     from .eval.cli import add_eval_parser
     from .serve.cli import add_serve_parser
     from .shapes.cli import add_shapes_parser
@@ -146,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_eval_parser(sub)
     add_serve_parser(sub)
+    add_datagen_parser(sub)
+    add_invert_task_parser(sub)
     add_shapes_parser(sub)
     return parser
 
@@ -225,6 +239,7 @@ def run_edit(args: argparse.Namespace) -> int:
     )
     if args.fuse:
         editor.fuse_adapter()
+    args.task_embedding = _load_task_embedding(args)
     if args.routing_stats:
         if editor.adapter_kind != "moe":
             raise InputError("--routing-stats needs a LoRA-MoE adapter (--lora with expert weights)")
@@ -247,8 +262,8 @@ def run_edit(args: argparse.Namespace) -> int:
             bar.n = offset + done
             bar.refresh()
 
-        images = editor.edit_many(
-            [EditRequest(j.image, j.instruction, j.seed, j.mask) for j in part],
+        requests = [EditRequest(j.image, j.instruction, j.seed, j.mask) for j in part]
+        options = dict(
             steps=args.steps,
             guidance=args.guidance,
             width=args.width,
@@ -258,6 +273,13 @@ def run_edit(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=progress,
         )
+        if args.task_embedding is None:
+            images = editor.edit_many(requests, **options)
+        else:
+            from .emu.task_embedding import edit_many_with_tasks, resolve_tasks
+
+            tasks = resolve_tasks(args.task_embedding, [j.instruction for j in part], args.task)
+            images = edit_many_with_tasks(editor, args.task_embedding, requests, tasks, **options)
         for job, image in zip(part, images, strict=True):
             save_image_atomic(image, job.output)
             if args.save_diptych:
@@ -275,9 +297,7 @@ def run_edit(args: argparse.Namespace) -> int:
 def _run_early_filter(editor, job: BatchJob, judge, args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .editor import EditRequest
     from .images import save_image_atomic
-    from .scaling.early_filter import edit_with_early_filter
 
     total = args.candidates * args.early_steps + args.steps - args.early_steps
     bar = tqdm(total=total, unit="NFE", disable=args.quiet, desc="early filter")
@@ -286,7 +306,25 @@ def _run_early_filter(editor, job: BatchJob, judge, args: argparse.Namespace) ->
         bar.n = done
         bar.refresh()
 
-    result = edit_with_early_filter(
+    with _task_context(editor, args, job.instruction):
+        result = _early_filter_call(editor, job, judge, args, progress)
+    bar.close()
+    save_image_atomic(result.image, job.output)
+    sel = result.selection
+    print(
+        f"kept seed {result.seed} of {result.seeds[0]}..{result.seeds[-1]} "
+        f"({sel.judge_calls} judge calls, {result.nfe} NFE; restarting would cost {result.restart_nfe}); "
+        f"wrote {job.output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _early_filter_call(editor, job: BatchJob, judge, args: argparse.Namespace, progress):
+    from .editor import EditRequest
+    from .scaling.early_filter import edit_with_early_filter
+
+    return edit_with_early_filter(
         editor,
         EditRequest(job.image, job.instruction, job.seed, job.mask),
         judge=judge,
@@ -304,16 +342,27 @@ def _run_early_filter(editor, job: BatchJob, judge, args: argparse.Namespace) ->
         save_candidates=args.save_candidates,
         progress=progress,
     )
-    bar.close()
-    save_image_atomic(result.image, job.output)
-    sel = result.selection
-    print(
-        f"kept seed {result.seed} of {result.seeds[0]}..{result.seeds[-1]} "
-        f"({sel.judge_calls} judge calls, {result.nfe} NFE; restarting would cost {result.restart_nfe}); "
-        f"wrote {job.output}",
-        file=sys.stderr,
-    )
-    return 0
+
+
+def _load_task_embedding(args: argparse.Namespace):
+    """The task embedding for `--task` / `--task-file` / the adapter's folder, or None."""
+    from .emu.task_embedding import find_task_embedding, load_task_embedding
+
+    path = args.task_file or (find_task_embedding(args.lora) if args.lora else None)
+    if args.task and path is None:
+        raise InputError("--task needs a task embedding: --task-file FILE, or a --lora folder with one")
+    return load_task_embedding(path) if path else None
+
+
+def _task_context(editor, args: argparse.Namespace, instruction: str):
+    """Task conditioning around one edit (predicted from `instruction` unless --task), or nothing."""
+    import contextlib
+
+    if args.task_embedding is None:
+        return contextlib.nullcontext()
+    from .emu.task_embedding import apply_task
+
+    return apply_task(editor, args.task_embedding, args.task, instruction=instruction)
 
 
 def _run_session(editor, jobs: list[BatchJob], judge, args: argparse.Namespace) -> int:
@@ -335,7 +384,8 @@ def _run_session(editor, jobs: list[BatchJob], judge, args: argparse.Namespace) 
         options.update(candidates=args.candidates, early_steps=args.early_steps, judge=judge, strategy=args.strategy)
     session = editor.session(jobs[0].image, threshold=threshold, seed=args.seed, **options)
     for turn, job in enumerate(tqdm(jobs, unit="turn", disable=args.quiet, desc="turns")):
-        image = session.edit(job.instruction, mask=job.mask if turn == 0 else None)
+        with _task_context(editor, args, job.instruction):
+            image = session.edit(job.instruction, mask=job.mask if turn == 0 else None)
         if args.save_turns:
             save_image_atomic(image, Path(args.save_turns) / f"turn_{turn + 1}.png")
     save_image_atomic(session.image, jobs[0].output)

@@ -510,7 +510,7 @@ class CLIPJudge:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device), image_processor, tokenizer, **kwargs)
 
-    def _embed_images(self, images: list[Image.Image]) -> Any:
+    def embed_images(self, images: list[Image.Image]) -> Any:
         import torch
 
         param = next(self.model.parameters())
@@ -521,7 +521,7 @@ class CLIPJudge:
             chunks.append(_features(self.model.get_image_features(pixel_values=pixels)).float())
         return torch.cat(chunks)
 
-    def _embed_text(self, text: str) -> Any:
+    def embed_text(self, text: str) -> Any:
         param = next(self.model.parameters())
         max_len = getattr(self.model.config.text_config, "max_position_embeddings", 77)
         tokens = self.tokenizer([text], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
@@ -539,8 +539,8 @@ class CLIPJudge:
         if len(images) == 1:
             return []
         with torch.inference_mode():
-            emb = self._embed_images(images)
-            text = F.normalize(self._embed_text(instruction), dim=-1)[0]
+            emb = self.embed_images(images)
+            text = F.normalize(self.embed_text(instruction), dim=-1)[0]
         src, cands = emb[0], emb[1:]
         # F.normalize maps a zero vector to zero, so an unchanged candidate gets direction score 0.
         direction = F.normalize(cands - src, dim=-1) @ text

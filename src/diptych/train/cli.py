@@ -72,6 +72,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     adapter.add_argument("--dispatch", choices=("dense", "sparse"), help="MoE expert dispatch (default dense)")
     adapter.add_argument("--balance-loss-weight", type=float, help="load-balancing loss weight (default 0: off)")
+    adapter.add_argument(
+        "--task-embedding",
+        action=argparse.BooleanOptionalAction,
+        help="also learn Emu Edit task vectors from each sample's task (saved as task_embedding.safetensors)",
+    )
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optimizer", choices=("prodigy", "adamw"), help="default prodigy")

@@ -67,6 +67,7 @@ class TrainConfig:
     gate: str = "official"
     dispatch: str = "dense"
     balance_loss_weight: float = 0.0  # > 0 adds the Switch-Transformer load-balancing loss
+    task_embedding: bool = False  # Emu Edit: also learn one vector per task (diptych.emu.task_embedding)
     # optimisation
     optimizer: str = "prodigy"
     lr: float | None = None
@@ -128,6 +129,8 @@ class TrainConfig:
         _choice(self, "gate", ("official", "learned"))
         _choice(self, "dispatch", ("dense", "sparse"))
         _choice(self, "loss_region", ("all", "right"))
+        if not isinstance(self.task_embedding, bool):
+            raise ConfigError(f"task_embedding must be true or false, got {self.task_embedding!r}")
         for name in ("max_steps", "rank", "num_experts", "top_k", "batch_size", "grad_accum", "log_every"):
             _positive_int(self, name)
         for name in ("warmup_steps", "checkpoint_every", "validate_every", "num_validation", "seed"):
@@ -187,6 +190,8 @@ class TrainConfig:
         keys = ["adapter", "rank", "alpha", "lora_targets", "optimizer"]
         if self.adapter == "moe":
             keys += ["num_experts", "top_k", "gate"]
+        if self.task_embedding:  # only when on, so older checkpoints keep matching
+            keys.append("task_embedding")
         return {k: self.to_dict()[k] for k in keys}
 
 

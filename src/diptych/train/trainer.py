@@ -154,6 +154,11 @@ class Trainer:
             from ..adapters.moe import set_collect_stats
 
             set_collect_stats(transformer, True)
+        self.task_embedding = None
+        if cfg.task_embedding:  # before collecting parameters: its vectors train, checkpoint and resume too
+            from ..emu.task_embedding import TaskEmbedding, attach_task_embedding
+
+            self.task_embedding = attach_task_embedding(transformer, TaskEmbedding.for_transformer(transformer))
         params = trainable_parameters(transformer)
         for p in params.values():  # adapters train in fp32 even when the frozen base is bf16
             p.data = p.data.float()
@@ -293,7 +298,7 @@ class Trainer:
             dtype=self.weight_dtype,
         )
         embeds, pooled = self.encoder.encode([item.prompt for item in batch])
-        with acc.autocast():
+        with acc.autocast(), self._task_context(batch):
             loss = self.objective.loss(
                 self.model, encoded, embeds, pooled, generators, guidance_embeds=self.guidance_embeds
             )
@@ -303,6 +308,14 @@ class Trainer:
 
             balance = moe_balance_loss(self.unwrapped).float()
         return loss, balance
+
+    def _task_context(self, batch):
+        """Task conditioning of a batch (each sample's task label in the taxonomy; none: no vector)."""
+        if self.task_embedding is None:
+            return contextlib.nullcontext()
+        from ..emu.task_embedding import task_conditioning, taxonomy_task
+
+        return task_conditioning(self.unwrapped, self.task_embedding, [taxonomy_task(item.task) for item in batch])
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -357,7 +370,7 @@ class Trainer:
             ckpt.save_state(tmp, "scheduler", self.scheduler.state_dict())
             if self.ema is not None:
                 ckpt.save_tensors(tmp / "ema.safetensors", self.ema)
-            export_adapter(model, self.config, tmp)
+            self._export(model, tmp)
             meta = {
                 "step": self.step,
                 "world_size": acc.num_processes,
@@ -431,17 +444,26 @@ class Trainer:
             return None
         model = self.unwrapped
         if self.ema is None:
-            return export_adapter(model, self.config, self.output)
+            return self._export(model, self.output)
         params = trainable_parameters(model)
         backup = {n: p.detach().clone() for n, p in params.items()}
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(self.ema[name].to(p.dtype))
             try:
-                return export_adapter(model, self.config, self.output)
+                return self._export(model, self.output)
             finally:
                 for name, p in params.items():
                     p.copy_(backup[name])
+
+    def _export(self, model: torch.nn.Module, folder: Path) -> Path:
+        """The adapter file in `folder`, plus `task_embedding.safetensors` when task vectors are trained."""
+        path = export_adapter(model, self.config, folder)
+        if self.task_embedding is not None:
+            from ..emu.task_embedding import TASK_EMBEDDING_FILE, save_task_embedding
+
+            save_task_embedding(self.task_embedding, folder / TASK_EMBEDDING_FILE)
+        return path
 
     # ================================================================== validation
     @torch.no_grad()
