@@ -17,3 +17,17 @@ def test_shipped_judge_prefers_correct_edits_on_test_scenes():
         candidates = [degrade(ex.source_image, rng), degrade(ex.target_image, rng)]
         wins += select_best(judge, ex.source_image, candidates, ex.instruction).index == 1
     assert wins >= 36  # measured 99% over 300 test edits (python -m diptych.shapes.judge)
+
+
+def test_shipped_vae_reconstructs_ground_truth_within_the_success_rule():
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from diptych.shapes.models import WEIGHTS
+    from diptych.shapes.train_vae import roundtrip_ceiling
+
+    vae = AutoencoderKL.from_pretrained(WEIGHTS / "vae")
+    assert vae.config.scaling_factor != 1.0 and vae.config.latent_channels == 4
+    assert roundtrip_ceiling(vae, n=20)["roundtrip_success"] >= 0.9  # 99% over 200 (ceiling.json)
+    assert json.loads((WEIGHTS / "vae" / "ceiling.json").read_text())["roundtrip_success"] >= 0.95
