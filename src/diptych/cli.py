@@ -263,16 +263,7 @@ def run_edit(args: argparse.Namespace) -> int:
             bar.refresh()
 
         requests = [EditRequest(j.image, j.instruction, j.seed, j.mask) for j in part]
-        options = dict(
-            steps=args.steps,
-            guidance=args.guidance,
-            width=args.width,
-            template=args.template,
-            keep_size=args.keep_size,
-            feather=args.feather,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
+        options = {**_edit_options(args), "batch_size": args.batch_size, "progress": progress}
         if args.task_embedding is None:
             images = editor.edit_many(requests, **options)
         else:
@@ -330,17 +321,24 @@ def _early_filter_call(editor, job: BatchJob, judge, args: argparse.Namespace, p
         judge=judge,
         candidates=args.candidates,
         early_steps=args.early_steps,
+        **_edit_options(args),
+        strategy=args.strategy,
+        swap=args.swap,
+        batch_size=args.batch_size,
+        save_candidates=args.save_candidates,
+        progress=progress,
+    )
+
+
+def _edit_options(args: argparse.Namespace) -> dict:
+    """The per-edit options every `diptych edit` mode passes on."""
+    return dict(
         steps=args.steps,
         guidance=args.guidance,
         width=args.width,
         template=args.template,
         keep_size=args.keep_size,
         feather=args.feather,
-        strategy=args.strategy,
-        swap=args.swap,
-        batch_size=args.batch_size,
-        save_candidates=args.save_candidates,
-        progress=progress,
     )
 
 
@@ -372,14 +370,7 @@ def _run_session(editor, jobs: list[BatchJob], judge, args: argparse.Namespace) 
     from .images import save_image_atomic
 
     threshold = None if args.no_threshold else args.threshold
-    options = dict(
-        steps=args.steps,
-        guidance=args.guidance,
-        width=args.width,
-        template=args.template,
-        keep_size=args.keep_size,
-        feather=args.feather,
-    )
+    options = _edit_options(args)
     if judge is not None:
         options.update(candidates=args.candidates, early_steps=args.early_steps, judge=judge, strategy=args.strategy)
     session = editor.session(jobs[0].image, threshold=threshold, seed=args.seed, **options)
