@@ -27,8 +27,7 @@ test: lint
 	$(VENV)/bin/pytest -n $(JOBS) -q
 
 demo: $(STAMP)
-	@echo "make demo runs the built-in ShapesEdit model; it arrives with the ShapesEdit issue (#6)."
-	@echo "Until then, see README.md for editing with FLUX.1 Fill weights."
+	$(VENV)/bin/diptych shapes demo --out demo
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache demo

@@ -116,3 +116,14 @@ def test_cli_edit_make_and_bench(shapes_folder, tmp_path, capsys):
         == 0
     )
     assert "| overall |" in capsys.readouterr().out
+
+
+def test_demo_writes_before_after_and_scores(shapes_folder, tmp_path, capsys):
+    assert (
+        main(["shapes", "demo", "--out", str(tmp_path / "demo"), "--base", f"shapes:{shapes_folder}", "--steps", "2"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "ShapesEdit success rule:" in out and "wrote" in out
+    for name in ("before", "after", "target"):
+        assert Image.open(tmp_path / "demo" / f"{name}.png").size == (64, 64)

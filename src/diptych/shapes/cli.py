@@ -66,6 +66,19 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the report as one JSON object")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=run_bench_command)
+
+    demo = sub.add_parser(
+        "demo",
+        help="edit an example scene with the built-in model and write before/after PNGs (what `make demo` runs)",
+        epilog="example:\n  diptych shapes demo --out demo/ --index 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--out", default="demo", help="output folder (default: demo/)")
+    demo.add_argument("--index", type=int, default=0, help="which held-out test edit to show")
+    demo.add_argument("--instruction", default=None, help="your own instruction instead of the example's")
+    demo.add_argument("--steps", type=int, default=28)
+    demo.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
+    demo.set_defaults(func=run_demo)
     return shapes
 
 
@@ -109,4 +122,31 @@ def run_bench_command(args: argparse.Namespace) -> int:
     )
     bar.close()
     print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from ..editor import Editor
+    from ..images import save_image_atomic
+    from .dataset import sample_edit
+    from .edits import judge_edit
+
+    example = sample_edit("test", args.index, phrasings="all")
+    instruction = args.instruction or example.instruction
+    editor = Editor.from_pretrained(args.base)
+    edited = editor.edit(example.source_image, instruction, steps=args.steps)
+    out = Path(args.out)
+    for name, image in (("before", example.source_image), ("after", edited), ("target", example.target_image)):
+        save_image_atomic(image, out / f"{name}.png")
+    adapter = editor.adapter_kind or "no adapter"
+    print(f"instruction: {instruction}")
+    print(f"model: {args.base} ({adapter}), {args.steps} steps")
+    if args.instruction is None:
+        score = judge_edit(edited, example.edit)
+        verdict = "success" if score.success else "not a success"
+        print(
+            f"ShapesEdit success rule: {verdict} (inside error {score.inside_error:.3f}, "
+            f"outside {score.outside_error:.3f}; thresholds {score.t_inside:.3f} / {score.t_outside:.3f})"
+        )
+    print(f"wrote {out / 'before.png'}, {out / 'after.png'} and {out / 'target.png'} (the ground truth)")
     return 0
