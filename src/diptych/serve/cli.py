@@ -127,13 +127,26 @@ def load_editor(args: argparse.Namespace):
     return editor
 
 
+def _builtin_judge():
+    """The ShapesEdit judge if its weights ship, else None (the early filter is then off)."""
+    from ..scaling.spec import load_judge
+
+    try:
+        return load_judge("shapes")
+    except WeightsError:
+        return None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model and serve until interrupted; bad options and missing weights raise DiptychError."""
+    implicit_judge = args.judge is None and (args.base is None or args.base.startswith("shapes"))
+    if implicit_judge:
+        args.judge = "shapes"  # the built-in model's learned judge ships with it
     settings = settings_from_args(args)
     if settings.default_steps > settings.max_steps:
         raise DiptychError(f"--steps {settings.default_steps} is above --max-steps {settings.max_steps}")
     judge = None
-    if args.judge:
+    if args.judge and not implicit_judge:
         from ..scaling.spec import load_judge
 
         judge = load_judge(args.judge)
@@ -146,6 +159,10 @@ def run_serve(args: argparse.Namespace) -> int:
             f"diptych serve needs the serve extra ({err.name} is missing): pip install 'diptych[serve]'"
         ) from err
     editor = load_editor(args)
+    if implicit_judge:
+        judge = _builtin_judge()
+        if judge is None:
+            settings.judge_name = None
 
     app = create_app(editor, settings=settings, judge=judge)
     if args.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
