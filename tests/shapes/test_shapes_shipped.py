@@ -31,3 +31,26 @@ def test_shipped_vae_reconstructs_ground_truth_within_the_success_rule():
     assert vae.config.scaling_factor != 1.0 and vae.config.latent_channels == 4
     assert roundtrip_ceiling(vae, n=20)["roundtrip_success"] >= 0.9  # 99% over 200 (ceiling.json)
     assert json.loads((WEIGHTS / "vae" / "ceiling.json").read_text())["roundtrip_success"] >= 0.95
+
+
+def test_shipped_base_reproduces_the_left_panel():
+    """The base was pre-trained on same-scene diptychs: given a caption it copies the scene (measured 30/30
+    within the success rule's outside threshold, mean error 0.005)."""
+    from diptych.editor import Editor
+    from diptych.shapes.edits import T_OUTSIDE, error_map
+    from diptych.shapes.world import caption
+
+    editor = Editor.from_pretrained("shapes", device="cpu")
+    assert editor.adapter_kind is None  # no adapter ships yet
+    errors = []
+    for index in range(3):
+        ex = sample_edit("test", index, phrasings="all")
+        out = editor.edit(
+            ex.source_image,
+            caption(ex.source_scene),
+            seed=index,
+            template=("A diptych with two side-by-side images of the same scene. {instruction}"),
+        )
+        unit = [np.asarray(im, dtype=np.float64) / 255 for im in (out, ex.source_image)]
+        errors.append(float(error_map(*unit).mean()))
+    assert max(errors) <= T_OUTSIDE
