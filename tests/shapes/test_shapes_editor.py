@@ -127,3 +127,35 @@ def test_demo_writes_before_after_and_scores(shapes_folder, tmp_path, capsys):
     assert "ShapesEdit success rule:" in out and "wrote" in out
     for name in ("before", "after", "target"):
         assert Image.open(tmp_path / "demo" / f"{name}.png").size == (64, 64)
+
+
+def test_train_an_adapter_on_the_builtin_model(shapes_folder, tmp_path, capsys):
+    assert main(["shapes", "make", "--split", "train", "--n", "4", "--out", str(tmp_path / "train")]) == 0
+    code = main(
+        [
+            "train",
+            "--base",
+            f"shapes:{shapes_folder}",
+            "--data",
+            str(tmp_path / "train"),
+            "--output",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "2",
+            "--adapter",
+            "moe",
+            "--rank",
+            "4",
+            "--resolution",
+            "64",
+            "--batch-size",
+            "2",
+            "--optimizer",
+            "adamw",
+            "--quiet",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    adapter = next((tmp_path / "run").rglob("adapter.safetensors"))
+    editor = Editor.from_pretrained(f"shapes:{shapes_folder}", adapter=str(adapter), device="cpu")
+    assert editor.adapter_kind == "moe"

@@ -101,10 +101,18 @@ class Trainer:
         if self.resume_from is not None:
             self._check_signature(self.resume_from)
         if self.pipe is None:
-            _check_resolution(cfg.resolution, _vae_multiple(cfg.base))
             from ..editor import Editor
 
-            self.pipe = Editor.from_pretrained(cfg.base, device="cpu", dtype=self.weight_dtype).pipe
+            builtin = str(cfg.base).startswith("shapes")
+            if not builtin:
+                _check_resolution(cfg.resolution, _vae_multiple(cfg.base))
+            # The built-in model is loaded bare (adapter "none") and brings its own text encoder (MiniLM).
+            editor = Editor.from_pretrained(
+                cfg.base, adapter="none" if builtin else None, device="cpu", dtype=self.weight_dtype
+            )
+            self.pipe = editor.pipe
+            if builtin and self.encoder is None:
+                self.encoder = editor.encoder
         pipe = self.pipe
         for module in pipe.components.values():
             if isinstance(module, torch.nn.Module):
