@@ -19,6 +19,7 @@ from PIL import Image
 from diptych.emu import datagen as dg
 from diptych.emu.datagen_cli import add_datagen_parser, run_datagen
 from diptych.errors import DiptychError
+from diptych.testing import save_tiny_clip
 
 GOOD = {
     "instruction": "make the ball red",
@@ -352,7 +353,7 @@ def test_llm_source_end_to_end_with_failures_retried_next_run(tiny_editor, tmp_p
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIP with a letters-only BPE vocabulary, saved in the layout from_pretrained reads."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -360,24 +361,7 @@ def clip_dir(tmp_path_factory) -> Path:
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer.from_pretrained(folder)
-    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
-    config = CLIPConfig(
-        text_config={
-            **text,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 64,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={**text, "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return save_tiny_clip(folder, tokenizer=tokenizer)
 
 
 def test_clip_filter_scores_and_thresholds(clip_dir):

@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from diptych.testing import random_image
+from diptych.testing import (
+    random_image,
+    save_tiny_clip,  # noqa: F401  (re-exported for the eval tests)
+)
 
 EMU_TASKS = ("background", "style", "remove")
 
@@ -145,43 +148,6 @@ def make_shapes(folder: Path, n: int = 4) -> Path:
 
 
 # ------------------------------------------------------------------------------------ metric models
-
-
-def save_tiny_clip(folder: Path) -> Path:
-    """A random CLIP model with tokenizer and image processor, loadable by `ClipMetrics.from_pretrained`."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from diptych.testing import tiny_clip_tokenizer
-
-    tokenizer = tiny_clip_tokenizer()
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 77,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
 
 
 def save_tiny_dino(folder: Path) -> Path:

@@ -14,6 +14,7 @@ from PIL import Image
 from diptych.errors import InputError, WeightsError
 from diptych.eval import ClipMetrics, DinoMetrics
 from diptych.eval.metrics import IMAGENET_MEAN, IMAGENET_STD
+from diptych.testing import save_tiny_clip
 
 
 def write_tokenizer_files(folder: Path) -> None:
@@ -26,40 +27,14 @@ def write_tokenizer_files(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     tok_dir = folder / "tok"
     tok_dir.mkdir()
     write_tokenizer_files(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 32,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return save_tiny_clip(folder, tokenizer=tokenizer, num_layers=1)
 
 
 @pytest.fixture(scope="module")

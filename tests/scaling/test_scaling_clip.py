@@ -12,6 +12,7 @@ from PIL import Image
 
 from diptych.errors import InputError, WeightsError
 from diptych.scaling import CLIPJudge, load_judge, select_best
+from diptych.testing import save_tiny_clip
 
 INSTRUCTION = "make the ball red"
 
@@ -26,7 +27,7 @@ def write_tokenizer_files(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     tok_dir = folder / "tok"
@@ -34,33 +35,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tokenizer_files(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     assert tokenizer.tokenize("red") == ["red</w>"]  # the merges were read
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 32,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return save_tiny_clip(folder, tokenizer=tokenizer, num_layers=2)
 
 
 def images() -> tuple[Image.Image, list[Image.Image]]:
