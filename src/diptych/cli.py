@@ -239,7 +239,7 @@ def run_edit(args: argparse.Namespace) -> int:
     )
     if args.fuse:
         editor.fuse_adapter()
-    args.task_embedding = _load_task_embedding(args)
+    _use_task_embedding(editor, args)
     if args.routing_stats:
         if editor.adapter_kind != "moe":
             raise InputError("--routing-stats needs a LoRA-MoE adapter (--lora with expert weights)")
@@ -262,15 +262,9 @@ def run_edit(args: argparse.Namespace) -> int:
             bar.n = offset + done
             bar.refresh()
 
-        requests = [EditRequest(j.image, j.instruction, j.seed, j.mask) for j in part]
+        requests = [EditRequest(j.image, j.instruction, j.seed, j.mask, args.task) for j in part]
         options = {**_edit_options(args), "batch_size": args.batch_size, "progress": progress}
-        if args.task_embedding is None:
-            images = editor.edit_many(requests, **options)
-        else:
-            from .emu.task_embedding import edit_many_with_tasks, resolve_tasks
-
-            tasks = resolve_tasks(args.task_embedding, [j.instruction for j in part], args.task)
-            images = edit_many_with_tasks(editor, args.task_embedding, requests, tasks, **options)
+        images = editor.edit_many(requests, **options)
         for job, image in zip(part, images, strict=True):
             save_image_atomic(image, job.output)
             if args.save_diptych:
@@ -297,7 +291,7 @@ def _run_early_filter(editor, job: BatchJob, judge, args: argparse.Namespace) ->
         bar.n = done
         bar.refresh()
 
-    with _task_context(editor, args, job.instruction):
+    with editor.task_conditioning(editor.resolve_tasks([job.instruction], [args.task])):
         result = _early_filter_call(editor, job, judge, args, progress)
     bar.close()
     save_image_atomic(result.image, job.output)
@@ -342,25 +336,16 @@ def _edit_options(args: argparse.Namespace) -> dict:
     )
 
 
-def _load_task_embedding(args: argparse.Namespace):
-    """The task embedding for `--task` / `--task-file` / the adapter's folder, or None."""
+def _use_task_embedding(editor, args: argparse.Namespace) -> None:
+    """Load the task embedding of `--task-file` or the adapter's folder (the built-in model brings its own)."""
     from .emu.task_embedding import find_task_embedding, load_task_embedding
 
-    path = args.task_file or (find_task_embedding(args.lora) if args.lora else None)
-    if args.task and path is None:
+    builtin = str(args.base or "").startswith("shapes")
+    path = args.task_file or (find_task_embedding(args.lora) if args.lora and not builtin else None)
+    if path:
+        editor.use_task_embedding(load_task_embedding(path))
+    if args.task and editor.task_embedding is None:
         raise InputError("--task needs a task embedding: --task-file FILE, or a --lora folder with one")
-    return load_task_embedding(path) if path else None
-
-
-def _task_context(editor, args: argparse.Namespace, instruction: str):
-    """Task conditioning around one edit (predicted from `instruction` unless --task), or nothing."""
-    import contextlib
-
-    if args.task_embedding is None:
-        return contextlib.nullcontext()
-    from .emu.task_embedding import apply_task
-
-    return apply_task(editor, args.task_embedding, args.task, instruction=instruction)
 
 
 def _run_session(editor, jobs: list[BatchJob], judge, args: argparse.Namespace) -> int:
@@ -375,8 +360,7 @@ def _run_session(editor, jobs: list[BatchJob], judge, args: argparse.Namespace) 
         options.update(candidates=args.candidates, early_steps=args.early_steps, judge=judge, strategy=args.strategy)
     session = editor.session(jobs[0].image, threshold=threshold, seed=args.seed, **options)
     for turn, job in enumerate(tqdm(jobs, unit="turn", disable=args.quiet, desc="turns")):
-        with _task_context(editor, args, job.instruction):
-            image = session.edit(job.instruction, mask=job.mask if turn == 0 else None)
+        image = session.edit(job.instruction, mask=job.mask if turn == 0 else None, task=args.task)
         if args.save_turns:
             save_image_atomic(image, Path(args.save_turns) / f"turn_{turn + 1}.png")
     save_image_atomic(session.image, jobs[0].output)

@@ -6,6 +6,7 @@ a prompt saying the right is the left "but {instruction}". The Fill model comple
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .prompts import build_prompt, resolve_template
 from .sampler import FillSampler, FillState
 
 if TYPE_CHECKING:
+    from .emu.task_embedding import TaskEmbedding
     from .scaling.judges import Judge
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-Fill-dev"
@@ -43,6 +45,7 @@ class EditRequest:
     instruction: str
     seed: int = 42
     mask: ImageInput | None = None
+    task: str | None = None  # Emu Edit task; None = predicted from the instruction (with a task embedding)
 
 
 @dataclass
@@ -95,6 +98,8 @@ class Editor:
         self.default_width = default_width
         self.max_canvas_pixels = max_canvas_pixels
         self.adapter_kind: str | None = None  # "lora" or "moe" once an adapter is loaded
+        self.task_embedding: TaskEmbedding | None = None  # see use_task_embedding
+        self.task_predictor = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -116,8 +121,9 @@ class Editor:
         checkpoint in the official ICEdit layout; which one is told from its keys.
 
         `base="shapes"` is the built-in ShapesEdit model (shipped in the package; `"shapes:FOLDER"` for one
-        in the same layout); its adapter defaults to the shipped LoRA-MoE, `"lora"` picks the shipped plain
-        LoRA and `"none"` the bare base model. `moe_dispatch` "sparse"
+        in the same layout); its adapter defaults to the shipped LoRA-MoE (with the Emu Edit task embedding
+        trained with it: each edit's task is predicted from its instruction unless given), `"lora"` picks
+        the shipped plain LoRA and `"none"` the bare base model. `moe_dispatch` "sparse"
         computes only each token's chosen experts (equal to the official "dense" up to float rounding).
 
         `offload`: "none" (everything on `device`), "model" (each model moves to the GPU while it runs;
@@ -179,6 +185,11 @@ class Editor:
         encoder = MiniLMPromptEncoder.from_pretrained(max_length=shapes_models.TEXT_TOKENS, device=device)
         editor = cls(pipe, encoder=encoder, default_width=shapes_models.PANEL)
         editor.adapter_kind = adapter_kind
+        task_file = shapes_models.resolve_task_embedding(folder, None if adapter is None else str(adapter))
+        if task_file is not None:
+            from .emu.task_embedding import load_task_embedding
+
+            editor.use_task_embedding(load_task_embedding(task_file))
         return editor
 
     # ------------------------------------------------------------------ adapters
@@ -206,6 +217,63 @@ class Editor:
 
             unfuse_lora(self.pipe.transformer)
 
+    # ------------------------------------------------------------------ Emu Edit tasks
+    def use_task_embedding(self, embedding: TaskEmbedding | None, *, predictor=None) -> None:
+        """Condition every edit on an Emu Edit task vector from `embedding` (None: no task conditioning).
+
+        Each edit's task is its `task=` or, when that is None, predicted from the instruction by `predictor`
+        (default: the shipped `TaskPredictor`, loaded on first use).
+        """
+        if embedding is not None:
+            from .emu.task_embedding import temb_width
+
+            if embedding.dim != temb_width(self.pipe.transformer):
+                raise WeightsError(
+                    f"the task embedding is {embedding.dim} wide but this transformer's timestep embedding is "
+                    f"{temb_width(self.pipe.transformer)}: it was trained for another model"
+                )
+            embedding = embedding.to(self.pipe.transformer.device).eval()
+        self.task_embedding = embedding
+        self.task_predictor = predictor
+
+    def resolve_tasks(self, instructions: Sequence[str], tasks: Sequence[str | None]) -> list[str] | None:
+        """The task of each edit (given, or predicted from its instruction); None without a task embedding."""
+        if self.task_embedding is None:
+            if any(t is not None for t in tasks):
+                raise InputError(
+                    "a task was given but this editor has no task embedding: load one with "
+                    "editor.use_task_embedding(load_task_embedding(FILE)) (CLI: --task-file FILE)"
+                )
+            return None
+        from .emu.task_embedding import resolve_tasks
+
+        for task in tasks:
+            if task is not None:
+                self.task_embedding.index(task)  # a clear error for an unknown name
+        unknown = [i for i, t in enumerate(tasks) if t is None]
+        resolved = list(tasks)
+        if unknown:
+            if self.task_predictor is None:
+                from .emu.tasks import TaskPredictor
+
+                encoder = self.encoder if hasattr(self.encoder, "embed") else None  # reuse MiniLM if loaded
+                self.task_predictor = TaskPredictor.from_pretrained(encoder=encoder)
+            predicted = resolve_tasks(
+                self.task_embedding, [instructions[i] for i in unknown], predictor=self.task_predictor
+            )
+            for index, name in zip(unknown, predicted, strict=True):
+                resolved[index] = name
+        return resolved  # type: ignore[return-value]
+
+    def task_conditioning(self, tasks: Sequence[str] | None):
+        """A context in which the transformer adds the task vectors of `tasks` (one per batch row, or one for
+        the whole batch) to its timestep embedding; a no-op context for `tasks=None`."""
+        if tasks is None or self.task_embedding is None:
+            return contextlib.nullcontext()
+        from .emu.task_embedding import task_conditioning
+
+        return task_conditioning(self.pipe.transformer, self.task_embedding, list(tasks))
+
     # ------------------------------------------------------------------ editing
     def session(self, image: ImageInput, **options):
         """A multi-turn editing session on `image` (history, undo, Emu Edit thresholding between turns);
@@ -231,6 +299,7 @@ class Editor:
         early_steps: int = 10,
         judge: Judge | str | None = None,
         strategy: str = "auto",
+        task: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> Image.Image:
         """Edit one image; returns the edited panel (`width` wide, or the source's size with `keep_size`).
@@ -243,8 +312,11 @@ class Editor:
         the x0 previews, and the winner resumes to `steps`. The result equals `edit(seed=winner)`. For the
         previews, the judge's reasons and the NFE count, call
         `diptych.scaling.early_filter.edit_with_early_filter` directly.
+
+        `task` (Emu Edit) picks the task vector when the editor has a task embedding (`use_task_embedding`);
+        None predicts it from the instruction.
         """
-        request = EditRequest(image, instruction, seed, mask)
+        request = EditRequest(image, instruction, seed, mask, task)
         options = dict(
             steps=steps,
             guidance=guidance,
@@ -261,15 +333,16 @@ class Editor:
             if judge is None:
                 raise InputError("early filtering (candidates > 1) needs a judge, e.g. judge='clip'")
             judge = load_judge(judge) if isinstance(judge, str) else judge
-            return edit_with_early_filter(
-                self,
-                request,
-                judge=judge,
-                candidates=candidates,
-                early_steps=early_steps,
-                strategy=strategy,
-                **options,
-            ).image
+            with self.task_conditioning(self.resolve_tasks([instruction], [task])):
+                return edit_with_early_filter(
+                    self,
+                    request,
+                    judge=judge,
+                    candidates=candidates,
+                    early_steps=early_steps,
+                    strategy=strategy,
+                    **options,
+                ).image
         return self.edit_many([request], **options)[0]
 
     def edit_many(
@@ -292,7 +365,9 @@ class Editor:
         """
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        prepared = [self.prepare(_as_request(r, i), width=width, template=template) for i, r in enumerate(requests)]
+        requests = [_as_request(r, i) for i, r in enumerate(requests)]
+        prepared = [self.prepare(r, width=width, template=template) for r in requests]
+        tasks = self.resolve_tasks([r.instruction for r in requests], [r.task for r in requests])
         groups: dict[tuple[int, int], list[int]] = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.canvas.size, []).append(index)
@@ -307,7 +382,8 @@ class Editor:
                 if progress is not None:
                     progress(offset + step, total)
 
-            state = self.sampler.run(state, callback=on_step)
+            with self.task_conditioning(None if tasks is None else [tasks[i] for i in chunk]):
+                state = self.sampler.run(state, callback=on_step)
             done += steps
             for index, item, image in zip(chunk, items, self.sampler.decode_state(state), strict=True):
                 results[index] = self.finish(item, image, keep_size=keep_size, feather=feather)
@@ -383,13 +459,13 @@ def _as_request(item: EditRequest | tuple | dict, index: int) -> EditRequest:
     if isinstance(item, EditRequest):
         return item
     if isinstance(item, dict):
-        unknown = set(item) - {"image", "instruction", "seed", "mask"}
+        unknown = set(item) - {"image", "instruction", "seed", "mask", "task"}
         if unknown or "image" not in item or "instruction" not in item:
             raise InputError(
-                f"edit #{index}: expected keys image, instruction[, seed, mask]; got {', '.join(sorted(item))}"
+                f"edit #{index}: expected keys image, instruction[, seed, mask, task]; got {', '.join(sorted(item))}"
             )
         return EditRequest(**item)
-    if isinstance(item, tuple) and 2 <= len(item) <= 4:
+    if isinstance(item, tuple) and 2 <= len(item) <= 5:
         return EditRequest(*item)
     raise InputError(f"edit #{index}: expected an EditRequest, a dict or an (image, instruction, seed) tuple")
 

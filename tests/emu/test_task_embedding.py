@@ -14,14 +14,11 @@ from safetensors.torch import save_file
 from diptych.emu.task_embedding import (
     TASK_EMBEDDING_FILE,
     TaskEmbedding,
-    apply_task,
     attach_task_embedding,
     attached_task_embedding,
     detach_task_embedding,
-    edit_many_with_tasks,
     find_task_embedding,
     load_task_embedding,
-    resolve_tasks,
     save_task_embedding,
     task_conditioning,
     taxonomy_task,
@@ -225,36 +222,37 @@ def test_editing_under_a_task(tiny_editor):
     image = random_image(16, 16, seed=1)
     embedding = TaskEmbedding.for_transformer(tiny_editor.pipe.transformer)
     plain = edit_array(tiny_editor, image)
-    with apply_task(tiny_editor, embedding, "add") as name:
-        assert name == "add"
-        assert np.array_equal(edit_array(tiny_editor, image), plain)  # zero vector: same edit
-    random_rows(embedding, "add", seed=5)
-    with apply_task(tiny_editor, embedding, "add"):
-        added = edit_array(tiny_editor, image)
-    assert not np.array_equal(added, plain)
-    with apply_task(tiny_editor, embedding, instruction="put a hat on it", predictor=FixedPredictor("add")) as name:
-        assert name == "add" and np.array_equal(edit_array(tiny_editor, image), added)
-    with pytest.raises(InputError, match="instruction"), apply_task(tiny_editor, embedding):
-        pass
-    assert resolve_tasks(embedding, ["a", "b"], predictor=FixedPredictor("style")) == ["style", "style"]
-    with pytest.raises(InputError, match="has no vector"):
-        resolve_tasks(TaskEmbedding(["x"], embedding.dim), ["a"], predictor=FixedPredictor("style"))
-    # several instructions with their own tasks: grouped, results in request order, same as one by one
-    requests = [(image, "make it red", 0), (image, "add a dot", 1), (image, "make it blue", 2)]
-    calls = []
-    many = edit_many_with_tasks(
-        tiny_editor,
-        embedding,
-        requests,
-        ["local", "add", "local"],
-        steps=2,
-        width=16,
-        progress=lambda done, total: calls.append((done, total)),
-    )
-    with apply_task(tiny_editor, embedding, "add"):
-        assert np.array_equal(np.asarray(many[1]), edit_array(tiny_editor, image, "add a dot", seed=1))
-    assert np.array_equal(np.asarray(many[2]), edit_array(tiny_editor, image, "make it blue", seed=2))
-    assert calls[-1] == (6, 6)
+    with pytest.raises(InputError, match="no task embedding"):
+        tiny_editor.edit(image, "make it red", steps=2, width=16, task="add")
+    tiny_editor.use_task_embedding(embedding, predictor=FixedPredictor("add"))
+    try:
+        assert np.array_equal(edit_array(tiny_editor, image), plain)  # zero vectors: the same edit
+        random_rows(embedding, "add", seed=5)
+        random_rows(embedding, "local", seed=6)
+        added = np.asarray(tiny_editor.edit(image, "make it red", steps=2, seed=0, width=16, task="add"))
+        assert not np.array_equal(added, plain)
+        assert np.array_equal(edit_array(tiny_editor, image), added)  # predicted: "add"
+        assert tiny_editor.resolve_tasks(["a", "b"], [None, "style"]) == ["add", "style"]
+        with pytest.raises(InputError, match="unknown task"):
+            tiny_editor.edit(image, "make it red", steps=2, width=16, task="no-such-task")
+        tiny_editor.task_predictor = FixedPredictor("not-a-row")
+        with pytest.raises(InputError, match="has no vector"):
+            tiny_editor.resolve_tasks(["a"], [None])
+        # a batch mixing tasks: each row gets its own vector, equal to the edits one by one
+        requests = [(image, "make it red", 0, None, "local"), (image, "add a dot", 1, None, "add")]
+        calls = []
+        many = tiny_editor.edit_many(
+            requests, steps=2, width=16, progress=lambda done, total: calls.append((done, total))
+        )
+        single = np.asarray(tiny_editor.edit(image, "add a dot", steps=2, seed=1, width=16, task="add"))
+        assert np.abs(np.asarray(many[1]).astype(int) - single).max() <= 1
+        local = np.asarray(tiny_editor.edit(image, "make it red", steps=2, seed=0, width=16, task="local"))
+        assert np.abs(np.asarray(many[0]).astype(int) - local).max() <= 1
+        assert not np.array_equal(local, added)
+        assert calls[-1] == (2, 2)
+    finally:
+        tiny_editor.use_task_embedding(None)
+    assert np.array_equal(edit_array(tiny_editor, image), plain)
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -10,7 +10,8 @@ from PIL import Image
 from diptych.adapters import MoEConfig, inject_moe, remove_moe, save_moe_adapter
 from diptych.cli import main
 from diptych.editor import Editor
-from diptych.shapes.models import build_transformer, build_vae
+from diptych.emu.task_embedding import TaskEmbedding, save_task_embedding
+from diptych.shapes.models import TASK_EMBEDDING_FILES, build_transformer, build_vae
 from diptych.testing import save_random_lora
 
 
@@ -26,15 +27,26 @@ def shapes_folder(tmp_path_factory):
     inject_moe(transformer, MoEConfig(num_experts=4, rank=4, alpha=4.0))
     save_moe_adapter(transformer, folder / "adapters" / "moe.safetensors")
     remove_moe(transformer)
+    tasks = TaskEmbedding.for_transformer(transformer)
+    torch.nn.init.normal_(tasks.weight, std=0.5)
+    save_task_embedding(tasks, folder / TASK_EMBEDDING_FILES["moe"])
     return folder
 
 
 def test_editor_loads_shapes_with_default_moe(shapes_folder):
     editor = Editor.from_pretrained(f"shapes:{shapes_folder}", device="cpu")
     assert editor.adapter_kind == "moe" and editor.default_width == 64
-    out = editor.edit(Image.new("RGB", (100, 80), "white"), "make the red circle blue", steps=2)
+    assert editor.task_embedding is not None  # shipped beside the MoE adapter
+    image = Image.new("RGB", (100, 80), "white")
+    out = editor.edit(image, "make the red circle blue", steps=2)
     assert out.size == (64, 48)  # any image is resized to the world's panel width
-    assert Editor.from_pretrained(f"shapes:{shapes_folder}", adapter="lora", device="cpu").adapter_kind == "lora"
+    # the task is predicted from the instruction ("make ... blue" -> local); another task edits differently
+    assert editor.resolve_tasks(["make the red circle blue"], [None]) == ["local"]
+    same = editor.edit(image, "make the red circle blue", steps=2, task="local")
+    other = editor.edit(image, "make the red circle blue", steps=2, task="remove")
+    assert same.tobytes() == out.tobytes() and other.tobytes() != out.tobytes()
+    lora = Editor.from_pretrained(f"shapes:{shapes_folder}", adapter="lora", device="cpu")
+    assert lora.adapter_kind == "lora" and lora.task_embedding is None
     assert Editor.from_pretrained(f"shapes:{shapes_folder}", adapter="none", device="cpu").adapter_kind is None
 
 
@@ -94,6 +106,7 @@ def test_cli_edit_make_and_bench(shapes_folder, tmp_path, capsys):
     )
     report = json.loads(capsys.readouterr().out)
     assert report["cases"] == 6
+    assert list(report["variants"]) == ["base", "lora", "moe", "moe+filter"]  # the default: ICEdit's ablation
     for name in ("base", "lora", "moe", "moe+filter"):  # moe+filter: the shipped learned judge
         overall = report["variants"][name]["overall"]
         assert overall["n"] == 6 and 0.0 <= overall["success"] <= 1.0 and overall["l1"] > 0
@@ -152,10 +165,56 @@ def test_train_an_adapter_on_the_builtin_model(shapes_folder, tmp_path, capsys):
             "2",
             "--optimizer",
             "adamw",
+            "--task-embedding",
             "--quiet",
         ]
     )
     assert code == 0, capsys.readouterr().err
     adapter = next((tmp_path / "run").rglob("adapter.safetensors"))
     editor = Editor.from_pretrained(f"shapes:{shapes_folder}", adapter=str(adapter), device="cpu")
-    assert editor.adapter_kind == "moe"
+    assert editor.adapter_kind == "moe" and editor.task_embedding is not None  # found beside the adapter
+
+    # Emu Edit's task inversion curve on that adapter, for an operation held out of its training data
+    from diptych.shapes.experiments import inversion_curve
+
+    report = inversion_curve(
+        str(adapter),
+        "background",
+        counts=(0, 2),
+        n_eval=2,
+        inversion_steps=2,
+        edit_steps=2,
+        base=f"shapes:{shapes_folder}",
+    )
+    assert [p["examples"] for p in report["points"]] == [0, 2]
+    assert all(0 <= p["success"] <= 1 and p["l1"] > 0 for p in report["points"])
+    assert report["points"][0]["l1"] != report["points"][1]["l1"]  # the learned vector changed the edits
+
+
+def test_bench_task_ablation_variants_condition_differently(shapes_folder, tmp_path):
+    import shutil
+
+    from diptych.shapes.bench import heldout_cases, run_bench
+
+    cases = heldout_cases(4)
+    report = run_bench(cases, base=f"shapes:{shapes_folder}", variants=["moe", "moe:no-task", "moe:true-task"], steps=2)
+    l1 = {name: variant["overall"]["l1"] for name, variant in report["variants"].items()}
+    assert len(l1) == 3 and l1["moe"] != l1["moe:no-task"]  # the random task vectors change the edits
+    shutil.copytree(shapes_folder, tmp_path / "copy")
+    (tmp_path / "copy" / TASK_EMBEDDING_FILES["moe"]).unlink()
+    no_tasks = run_bench(cases[:1], base=f"shapes:{tmp_path / 'copy'}", variants=["moe:true-task"], steps=2)
+    assert "needs a task embedding" in no_tasks["variants"]["moe:true-task"]["unavailable"]
+
+
+def test_multiturn_drift_measures_thresholding(shapes_folder):
+    from diptych.shapes.edits import edit_region
+    from diptych.shapes.experiments import edit_chain, multiturn_drift
+
+    chain = edit_chain(0, 3)
+    assert len(chain) == 3 and all(a.target == b.source for a, b in zip(chain, chain[1:]))
+    assert not all(edit_region(e).all() for e in chain)  # local edits: something stays untouched
+    report = multiturn_drift(2, turns=2, thresholds=(None, 1.0), base=f"shapes:{shapes_folder}", steps=2)
+    off, on = report["results"]["off"], report["results"]["alpha=1"]
+    assert len(off["drift_per_turn"]) == 2 and min(off["drift_per_turn"]) > 0  # a random model drifts
+    # a threshold above any possible change resets every pixel: no drift, and no turn succeeds
+    assert on["drift_per_turn"] == [0.0, 0.0] and on["success_per_turn"] == [0.0, 0.0]

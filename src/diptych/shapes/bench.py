@@ -5,6 +5,10 @@ Variants, as the ICEdit ablations in miniature:
 - `lora`: the plain LoRA adapter (about the MoE's number of trainable parameters);
 - `moe`: the LoRA-MoE adapter;
 - `moe+filter`: LoRA-MoE with early filtering (several seeds, the learned judge keeps one).
+The LoRA-MoE edits with the Emu Edit task embedding trained with it, the task predicted from each
+instruction. Emu Edit's task ablation adds two variants (not run by default):
+- `moe:no-task`: the same adapter with task conditioning off;
+- `moe:true-task`: conditioned on the true task of each edit instead of the predicted one.
 Every edit is scored by the exact ShapesEdit success rule (`diptych.shapes.edits.judge_edit`) against
 its ground-truth render; seen and held-out phrasings are reported apart.
 """
@@ -28,7 +32,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lora": {"adapter": "lora"},
     "moe": {"adapter": "moe"},
     "moe+filter": {"adapter": "moe", "candidates": 4, "early_steps": 4, "judge": "shapes"},
+    "moe:no-task": {"adapter": "moe", "task": "none"},
+    "moe:true-task": {"adapter": "moe", "task": "true"},
 }
+#: What `diptych shapes bench` runs unless `--variants` says otherwise: the ICEdit ablation.
+DEFAULT_VARIANTS: tuple[str, ...] = ("base", "lora", "moe", "moe+filter")
 
 
 @dataclass
@@ -70,6 +78,10 @@ def run_variant(
 ) -> list[dict[str, Any]]:
     """Edit every case with one variant and score it; one row per case."""
     from ..editor import EditRequest
+    from ..emu.tasks import SHAPES_TASKS
+
+    def task(case: BenchCase) -> str | None:
+        return SHAPES_TASKS[case.task] if options.get("task") == "true" else None
 
     candidates = options.get("candidates", 1)
     if candidates > 1:
@@ -84,6 +96,7 @@ def run_variant(
                     candidates=candidates,
                     early_steps=min(options["early_steps"], steps),
                     judge=options["judge"],
+                    task=task(case),
                 )
             )
             if progress:
@@ -93,7 +106,9 @@ def run_variant(
         for start in range(0, len(cases), batch_size):
             chunk = cases[start : start + batch_size]
             outputs += editor.edit_many(
-                [EditRequest(c.source, c.instruction, seed) for c in chunk], steps=steps, batch_size=batch_size
+                [EditRequest(c.source, c.instruction, seed, task=task(c)) for c in chunk],
+                steps=steps,
+                batch_size=batch_size,
             )
             if progress:
                 progress(len(chunk))
@@ -131,7 +146,7 @@ def run_bench(
     cases: Sequence[BenchCase],
     *,
     base: str = "shapes",
-    variants: Sequence[str] = tuple(VARIANTS),
+    variants: Sequence[str] = DEFAULT_VARIANTS,
     steps: int = 28,
     seed: int = 0,
     batch_size: int = 16,
@@ -146,6 +161,10 @@ def run_bench(
         options = VARIANTS[name]
         try:
             editor = Editor.from_pretrained(base, adapter=options["adapter"], device=device)
+            if options.get("task") == "none":
+                editor.use_task_embedding(None)
+            elif options.get("task") == "true" and editor.task_embedding is None:
+                raise DiptychError(f"{name} needs a task embedding shipped with the {options['adapter']} adapter")
             rows = run_variant(editor, cases, options, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
         except DiptychError as err:
             report["variants"][name] = {"unavailable": str(err)}

@@ -1,4 +1,4 @@
-"""`diptych shapes make | bench`: export ShapesEdit data, and measure the built-in models on it."""
+"""`diptych shapes make | bench | inversion | drift | demo`: export ShapesEdit data, measure the built-in models."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ examples:
   diptych shapes make --split test --n 200 --seed 0 --out shapes-test/
   diptych shapes bench --n 200                 # the held-out test split, all variants, Markdown table
   diptych shapes bench --data shapes-test/ --json --variants base moe
+  diptych shapes bench --variants moe moe:no-task moe:true-task      # Emu Edit's task ablation
+  diptych shapes drift --n 50 --turns 5         # multi-turn drift with and without thresholding
 """
 
 
 def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     """Register `shapes` (with `make` and `bench`) on the main parser's subparsers."""
-    from .bench import VARIANTS
+    from .bench import DEFAULT_VARIANTS, VARIANTS
     from .dataset import SPLITS
 
     shapes = subparsers.add_parser(
@@ -60,12 +62,60 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--steps", type=int, default=28)
     bench.add_argument("--batch-size", type=int, default=16)
-    bench.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
+    bench.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANTS),
+        default=list(DEFAULT_VARIANTS),
+        help=f"default: {' '.join(DEFAULT_VARIANTS)} (add moe:no-task moe:true-task for Emu Edit's task ablation)",
+    )
     bench.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
     bench.add_argument("--device", default=None)
     bench.add_argument("--json", action="store_true", help="print the report as one JSON object")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=run_bench_command)
+
+    curve = sub.add_parser(
+        "inversion",
+        help="Emu Edit task inversion curve: success on a held-out operation after learning its vector from k examples",
+        epilog=(
+            "example (an adapter trained with --task-embedding on data made with --exclude-ops background):\n"
+            "  diptych shapes inversion --adapter runs/shapes-moe-nobg --op background --counts 0 1 10 100"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    curve.add_argument("--adapter", required=True, help="adapter folder or file, with task_embedding.safetensors")
+    curve.add_argument("--op", required=True, help="the operation the adapter never saw")
+    curve.add_argument("--counts", type=int, nargs="+", default=[0, 1, 10, 100], help="examples per point")
+    curve.add_argument("--n", type=int, default=100, help="test edits of the operation to score")
+    curve.add_argument("--inversion-steps", type=int, default=200)
+    curve.add_argument("--lr", type=float, default=2e-2)
+    curve.add_argument("--steps", type=int, default=28, help="denoising steps of the scored edits")
+    curve.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
+    curve.add_argument("--device", default=None)
+    curve.add_argument("--seed", type=int, default=0)
+    curve.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    curve.set_defaults(func=run_inversion_command)
+
+    drift = sub.add_parser(
+        "drift",
+        help="multi-turn drift of untouched pixels, with and without Emu Edit's per-pixel thresholding",
+        epilog="example:\n  diptych shapes drift --n 50 --turns 5 --thresholds off 0.03",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    drift.add_argument("--n", type=int, default=50, help="sessions (test scenes)")
+    drift.add_argument("--turns", type=int, default=5)
+    drift.add_argument(
+        "--thresholds", nargs="+", default=["off", "0.03"], help="per-pixel thresholds to compare ('off' = none)"
+    )
+    drift.add_argument("--adapter", default=None, help="default: the shipped LoRA-MoE")
+    drift.add_argument("--steps", type=int, default=28)
+    drift.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
+    drift.add_argument("--device", default=None)
+    drift.add_argument("--seed", type=int, default=0)
+    drift.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    drift.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    drift.set_defaults(func=run_drift_command)
 
     demo = sub.add_parser(
         "demo",
@@ -122,6 +172,72 @@ def run_bench_command(args: argparse.Namespace) -> int:
     )
     bar.close()
     print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def run_inversion_command(args: argparse.Namespace) -> int:
+    from .experiments import inversion_curve
+
+    report = inversion_curve(
+        args.adapter,
+        args.op,
+        counts=args.counts,
+        n_eval=args.n,
+        inversion_steps=args.inversion_steps,
+        lr=args.lr,
+        edit_steps=args.steps,
+        base=args.base,
+        device=args.device,
+        seed=args.seed,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"task inversion on '{report['op']}' (held out of {report['adapter']}), {report['n_eval']} test edits")
+    print("| examples | success | mean L1 |\n| --- | --- | --- |")
+    for point in report["points"]:
+        print(f"| {point['examples']} | {100 * point['success']:.1f}% | {point['l1']:.3f} |")
+    return 0
+
+
+def run_drift_command(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ..errors import InputError
+    from .experiments import multiturn_drift
+
+    try:
+        thresholds = [None if t == "off" else float(t) for t in args.thresholds]
+    except ValueError as err:
+        raise InputError(f"--thresholds takes numbers or 'off', got {args.thresholds}") from err
+    bar = tqdm(total=args.n * len(thresholds), unit="session", disable=args.quiet, desc="drift")
+    report = multiturn_drift(
+        args.n,
+        turns=args.turns,
+        thresholds=thresholds,
+        base=args.base,
+        adapter=args.adapter,
+        steps=args.steps,
+        device=args.device,
+        seed=args.seed,
+        progress=bar.update,
+    )
+    bar.close()
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    turns = report["turns"]
+    print(f"multi-turn drift: {report['sessions']} sessions of {turns} local edits; mean |output - source| of the")
+    print("pixels no turn was asked to change, after each turn (and the share of turns judged a success)\n")
+    print("| thresholding | " + " | ".join(f"turn {t + 1}" for t in range(turns)) + " | all turns succeed |")
+    print("| --- " * (turns + 2) + "|")
+    for key, result in report["results"].items():
+        cells = [
+            f"{d:.4f} ({100 * s:.0f}%)"
+            for d, s in zip(result["drift_per_turn"], result["success_per_turn"], strict=True)
+        ]
+        print(f"| {key} | " + " | ".join(cells) + f" | {100 * result['all_turns_success']:.0f}% |")
     return 0
 
 

@@ -94,6 +94,8 @@ def load_pipeline(folder: str | Path = WEIGHTS, *, dtype: torch.dtype = torch.fl
 
 #: Adapters shipped with the built-in model, by name.
 ADAPTER_FILES = {"moe": "adapters/moe.safetensors", "lora": "adapters/lora.safetensors"}
+#: Emu Edit task embeddings trained jointly with a shipped adapter (`diptych train --task-embedding`).
+TASK_EMBEDDING_FILES = {"moe": "adapters/moe_task_embedding.safetensors"}
 
 
 def resolve_folder(base: str) -> Path:
@@ -119,3 +121,17 @@ def resolve_adapter(folder: Path, adapter: str | None) -> Path | None:
             raise WeightsError(f"the built-in {adapter!r} adapter is missing from {folder}; see docs/shapes.md")
         return path
     return Path(adapter)
+
+
+def resolve_task_embedding(folder: Path, adapter: str | None) -> Path | None:
+    """The task embedding trained with the built-in adapter `adapter` (None = the default MoE), if shipped.
+    An adapter given as a path brings its own (`task_embedding.safetensors` beside it), if any."""
+    from ..emu.task_embedding import find_task_embedding
+
+    name = "moe" if adapter is None else adapter
+    if name == "none":
+        return None
+    if name in TASK_EMBEDDING_FILES:
+        path = folder / TASK_EMBEDDING_FILES[name]
+        return path if path.is_file() else None
+    return None if name in ADAPTER_FILES else find_task_embedding(name)

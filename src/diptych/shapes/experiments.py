@@ -1,0 +1,150 @@
+"""Emu Edit's measurements in ShapesEdit: the task inversion curve and multi-turn drift.
+
+(The task-embedding ablation is a pair of `diptych shapes bench` variants, `moe:no-task` and
+`moe:true-task`.)
+
+- `inversion_curve`: an adapter trained with every operation but one (`diptych train ... --task-embedding`
+  on `diptych shapes make --exclude-ops OP` data) learns a vector for the held-out operation from k
+  training examples (`diptych.emu.inversion.invert_task`, everything else frozen), and is scored on
+  held-out test edits of that operation, for each k. k = 0 is the adapter with a zero vector for it.
+- `multiturn_drift`: sessions of several local edits in a row (each turn's instruction is a real edit of
+  the ground-truth scene so far), with and without Emu Edit's per-pixel thresholding between turns. Drift
+  is the mean absolute RGB error, against the source, of the pixels that no turn was asked to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .dataset import sample_edit
+from .edits import Edit, edit_region, get_op, judge_edit
+from .world import render
+
+#: Operations that leave part of the picture untouched (drift is measured on that part).
+LOCAL_OPS: tuple[str, ...] = ("recolor", "reshape", "remove", "add", "move", "resize")
+
+
+def inversion_curve(
+    adapter: str,
+    op: str,
+    *,
+    counts: Sequence[int] = (0, 1, 10, 100),
+    n_eval: int = 100,
+    inversion_steps: int = 200,
+    lr: float = 2e-2,
+    batch_size: int = 8,
+    edit_steps: int = 28,
+    base: str = "shapes",
+    device: str | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Success on `n_eval` test edits of `op` after inverting a task vector from each number of examples."""
+    from ..editor import Editor, EditRequest
+    from ..emu.inversion import invert_task
+    from ..emu.tasks import SHAPES_TASKS
+    from ..errors import InputError
+
+    editor = Editor.from_pretrained(base, adapter=adapter, device=device)
+    base_embedding = editor.task_embedding
+    if base_embedding is None:
+        raise InputError(f"{adapter} has no task embedding beside it: train it with --task-embedding")
+    cases = [sample_edit("test", i, seed=seed, ops=[op], phrasings="all") for i in range(n_eval)]
+    pool = [sample_edit("train", i, seed=seed, ops=[op]) for i in range(max(counts))]
+    name = f"{op}-inverted"
+    report: dict[str, Any] = {"adapter": str(adapter), "op": op, "n_eval": n_eval, "points": []}
+    for count in counts:
+        if count == 0:
+            embedding, task = base_embedding, SHAPES_TASKS[op]  # never trained on `op`: a zero row
+        else:
+            examples = [(ex.source_image, ex.instruction, ex.target_image) for ex in pool[:count]]
+            embedding = invert_task(
+                editor,
+                examples,
+                name,
+                steps=inversion_steps,
+                lr=lr,
+                base_embedding=base_embedding,
+                batch_size=min(batch_size, count),
+                resolution=editor.default_width,
+                seed=seed,
+            )
+            task = name
+        editor.use_task_embedding(embedding)
+        outputs = editor.edit_many(
+            [EditRequest(c.source_image, c.instruction, seed, task=task) for c in cases], steps=edit_steps
+        )
+        scores = [judge_edit(out, c.edit) for out, c in zip(outputs, cases, strict=True)]
+        point = {
+            "examples": count,
+            "success": float(np.mean([s.success for s in scores])),
+            "l1": float(np.mean([s.l1 for s in scores])),
+        }
+        report["points"].append(point)
+        if progress:
+            progress(f"{count} examples: {100 * point['success']:.1f}% success")
+    return report
+
+
+def edit_chain(index: int, turns: int, *, seed: int = 0) -> list[Edit]:
+    """`turns` local edits in a row, starting from test scene `index`: each applies to the previous target."""
+    rng = np.random.default_rng([seed, index, turns])
+    first = sample_edit("test", index, seed=seed, ops=LOCAL_OPS, phrasings="seen").edit
+    chain = [first]
+    while len(chain) < turns:
+        scene = chain[-1].target
+        names = [n for n in LOCAL_OPS if get_op(n).applicable(scene)]
+        chain.append(get_op(names[int(rng.integers(len(names)))]).apply(scene, rng, "seen"))
+    return chain
+
+
+def multiturn_drift(
+    n: int = 50,
+    *,
+    turns: int = 5,
+    thresholds: Sequence[float | None] = (None, 0.03),
+    base: str = "shapes",
+    adapter: str | None = None,
+    steps: int = 28,
+    device: str | None = None,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Drift of the untouched pixels and per-turn success over `n` sessions of `turns` turns, for each
+    per-pixel threshold (None: off)."""
+    from ..editor import Editor
+
+    editor = Editor.from_pretrained(base, adapter=adapter, device=device)
+    chains = [edit_chain(i, turns, seed=seed) for i in range(n)]
+    report: dict[str, Any] = {"sessions": n, "turns": turns, "steps": steps, "results": {}}
+    for threshold in thresholds:
+        drift = np.zeros((n, turns))
+        success = np.zeros((n, turns), dtype=bool)
+        for i, chain in enumerate(chains):
+            source = render(chain[0].source, 64)
+            untouched = np.ones((64, 64), dtype=bool)
+            session = editor.session(source, threshold=threshold, seed=seed, steps=steps)
+            for turn, edit in enumerate(chain):
+                image = session.edit(edit.instruction)
+                untouched &= ~edit_region(edit, 64)
+                error = np.abs(_array(image) - _array(source)).mean(axis=-1)
+                drift[i, turn] = float(error[untouched].mean()) if untouched.any() else np.nan
+                success[i, turn] = judge_edit(image, edit).success
+            if progress:
+                progress(1)
+        key = "off" if threshold is None else f"alpha={threshold:g}"
+        report["results"][key] = {
+            "threshold": threshold,
+            "drift_per_turn": [float(x) for x in np.nanmean(drift, axis=0)],
+            "success_per_turn": [float(x) for x in success.mean(axis=0)],
+            "all_turns_success": float(success.all(axis=1).mean()),
+        }
+    return report
+
+
+def _array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
