@@ -1,6 +1,7 @@
 """The built-in model's plumbing on a random (untrained) model folder in the shipped layout:
 `Editor.from_pretrained("shapes:FOLDER")`, `diptych edit --base shapes:...`, `diptych shapes make/bench`."""
 
+import itertools
 import json
 
 import pytest
@@ -211,7 +212,7 @@ def test_multiturn_drift_measures_thresholding(shapes_folder):
     from diptych.shapes.experiments import edit_chain, multiturn_drift
 
     chain = edit_chain(0, 3)
-    assert len(chain) == 3 and all(a.target == b.source for a, b in zip(chain, chain[1:]))
+    assert len(chain) == 3 and all(a.target == b.source for a, b in itertools.pairwise(chain))
     assert not all(edit_region(e).all() for e in chain)  # local edits: something stays untouched
     report = multiturn_drift(2, turns=2, thresholds=(None, 1.0), base=f"shapes:{shapes_folder}", steps=2)
     off, on = report["results"]["off"], report["results"]["alpha=1"]
