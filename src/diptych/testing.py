@@ -3,12 +3,23 @@
 `build_tiny_fill_pipeline` makes a complete `FluxFillPipeline` (CLIP + T5 text encoders with tokenizers
 built in memory, a small VAE and a small Fill transformer); `save_pretrained` writes it in the same layout
 as FLUX.1 Fill dev, so tests load it through the same `Editor.from_pretrained` path users take.
+
+`FakeChatServer` is an OpenAI-compatible chat-completions endpoint on 127.0.0.1 that answers from a script
+(`ChatReply`) and records every request (`ChatRequest`), for testing the HTTP judges and LLM clients offline.
 """
 
 from __future__ import annotations
 
+import json
 import string
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
@@ -43,6 +54,40 @@ def tiny_t5_tokenizer() -> T5TokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     return T5TokenizerFast(tokenizer_object=tok, extra_ids=0, model_max_length=512)
+
+
+def build_tiny_transformer(
+    seed: int | None = 0,
+    *,
+    latent_channels: int = 4,
+    vae_levels: int = 2,
+    num_layers: int = 1,
+    num_single_layers: int = 1,
+) -> FluxTransformer2DModel:
+    """A random FLUX.1-Fill-shaped transformer (width 32, 2 heads of 16), in eval mode.
+
+    Its input is what `build_tiny_fill_pipeline` feeds it: noisy and masked-image latents (`4 * latent_channels`
+    each after 2x2 packing) and the packed pixel mask of a VAE with `vae_levels` levels, so the defaults give
+    `in_channels=48`, `out_channels=16`. `seed` seeds torch's global generator first; `None` leaves it as it is.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    scale = 2 ** (vae_levels - 1)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        # noisy latents + masked-image latents (4*lc each after 2x2 packing) + the packed pixel mask
+        in_channels=8 * latent_channels + 4 * scale * scale,
+        out_channels=4 * latent_channels,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,
+    )
+    return transformer.eval()
 
 
 def build_tiny_fill_pipeline(
@@ -96,20 +141,12 @@ def build_tiny_fill_pipeline(
         shift_factor=0.0609,
         scaling_factor=1.5035,
     )
-    scale = 2 ** (vae_levels - 1)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        # noisy latents + masked-image latents (4*lc each after 2x2 packing) + the packed pixel mask
-        in_channels=8 * latent_channels + 4 * scale * scale,
-        out_channels=4 * latent_channels,
+    transformer = build_tiny_transformer(
+        None,  # go on from the generator state the text encoders and the VAE left
+        latent_channels=latent_channels,
+        vae_levels=vae_levels,
         num_layers=num_layers,
         num_single_layers=num_single_layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-        guidance_embeds=True,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
     pipe = FluxFillPipeline(
@@ -191,3 +228,172 @@ def save_tiny_clip(folder: str | Path, *, tokenizer=None, num_layers: int = 1, s
     tokenizer.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+# ------------------------------------------------------------------------------------------ fake chat server
+
+
+def chat_completion(text: str, *, model: str = "fake-model") -> dict[str, Any]:
+    """An OpenAI-style `chat.completion` response whose one choice says `text`."""
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }
+
+
+@dataclass
+class ChatReply:
+    """What `FakeChatServer` answers to one request.
+
+    The body is `body` when given (a dict is sent as JSON, bytes as they are), else a `chat_completion` saying
+    `text`. `headers` are added to the response (after Content-Type and Content-Length); the server waits
+    `delay` seconds before answering.
+    """
+
+    text: str = ""
+    status: int = 200
+    body: dict[str, Any] | bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+    def payload(self) -> bytes:
+        """The response body as sent."""
+        if isinstance(self.body, bytes):
+            return self.body
+        return json.dumps(chat_completion(self.text) if self.body is None else self.body).encode()
+
+
+@dataclass
+class ChatRequest:
+    """One request `FakeChatServer` received: its path, headers, JSON body (`None` when the body is not JSON;
+    `raw` keeps the bytes) and `time.monotonic()` when it arrived."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
+    at: float
+    raw: bytes = field(default=b"", repr=False)
+
+
+Responder = Callable[[Any], ChatReply | str]
+"""A function of a request's JSON body giving the reply (see `FakeChatServer`)."""
+
+
+class FakeChatServer:
+    """An OpenAI-compatible chat-completions server on 127.0.0.1 (a free port), served from a thread.
+
+    Every POST (to any path; clients use `url + "/chat/completions"`) is recorded in `requests` and answered
+    with the next reply of `script`; when the script is empty, with `responder(body)` if one is set, else with
+    `default`. Replies are `ChatReply`s or plain strings (the answer text). `in_flight` counts requests being
+    answered and `max_in_flight` the most at once. It serves as soon as it is built; `close()` (or leaving the
+    `with` block) stops it::
+
+        with FakeChatServer(default=ChatReply("1")) as server:
+            server.script = [ChatReply(status=503), "Image 2"]
+            judge = VLMJudge(server.url, "model")  # server.url ends in /v1
+            ...
+            assert server.requests[0].body["model"] == "model"
+    """
+
+    def __init__(
+        self,
+        script: list[ChatReply | str] | None = None,
+        *,
+        default: ChatReply | str | None = None,
+        responder: Responder | None = None,
+    ) -> None:
+        self.script: list[ChatReply | str] = list(script or [])
+        self.default: ChatReply | str = ChatReply("no reply scripted", status=500) if default is None else default
+        self.responder = responder
+        self.requests: list[ChatRequest] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.httpd = _QuietHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-chat-server", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def bodies(self) -> list[Any]:
+        """The JSON bodies of the requests so far, in order of arrival."""
+        with self.lock:
+            return [r.body for r in self.requests]
+
+    @property
+    def paths(self) -> list[str]:
+        """The paths of the requests so far, in order of arrival."""
+        with self.lock:
+            return [r.path for r in self.requests]
+
+    def _next_reply(self, body: Any) -> ChatReply:
+        with self.lock:
+            reply = self.script.pop(0) if self.script else None
+        if reply is None:
+            reply = self.responder(body) if self.responder is not None else self.default
+        return ChatReply(reply) if isinstance(reply, str) else reply
+
+    def close(self) -> None:
+        """Stop serving and free the port (safe to call twice)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeChatServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Says nothing when a client hangs up (a test's client timing out) instead of printing a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def _handler_for(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+            pass
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            with server.lock:
+                server.requests.append(ChatRequest(self.path, dict(self.headers), body, time.monotonic(), raw))
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            try:
+                reply = server._next_reply(body)
+                time.sleep(reply.delay)
+                payload = reply.payload()
+                self.send_response(reply.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (a timeout test)
+            finally:
+                with server.lock:
+                    server.in_flight -= 1
+
+    return Handler

@@ -8,27 +8,10 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel
 
+from diptych.testing import build_tiny_transformer
+
 IMAGE_TOKENS = 12  # a 3x4 latent grid
 TEXT_TOKENS = 5
-
-
-def build_tiny_transformer(seed: int = 0) -> FluxTransformer2DModel:
-    """2 double + 2 single blocks, width 32; in_channels 48 as a Fill model with 4 latent channels."""
-    torch.manual_seed(seed)
-    model = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=48,
-        out_channels=16,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-        guidance_embeds=True,
-    )
-    return model.eval()
 
 
 def build_inputs(batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -49,7 +32,8 @@ def build_inputs(batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def tiny_transformer() -> FluxTransformer2DModel:
-    return build_tiny_transformer()
+    """2 double + 2 single blocks, width 32; in_channels 48 as a Fill model with 4 latent channels (seed 0)."""
+    return build_tiny_transformer(0, num_layers=2, num_single_layers=2)
 
 
 @pytest.fixture

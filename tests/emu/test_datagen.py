@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from PIL import Image
 from diptych.emu import datagen as dg
 from diptych.emu.datagen_cli import add_datagen_parser, run_datagen
 from diptych.errors import DiptychError
-from diptych.testing import save_tiny_clip
+from diptych.testing import FakeChatServer, save_tiny_clip
 
 GOOD = {
     "instruction": "make the ball red",
@@ -33,57 +31,22 @@ FAST = dg.GenerationOptions(steps=2, guidance=3.5)
 # ------------------------------------------------------------------------------------------ LLM server
 
 
-class ChatServer:
-    """A chat-completions endpoint that answers from a script and records every request body."""
-
-    def __init__(self) -> None:
-        self.answers: list[str] = []
-        self.requests: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:  # keep test output clean
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                answer = server.answers.pop(0) if server.answers else "no more answers"
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture
 def server():
-    srv = ChatServer()
-    yield srv
-    srv.close()
+    with FakeChatServer(default="no more answers") as srv:
+        yield srv
 
 
-def llm(server: ChatServer, **kwargs) -> dg.LLMInstructionSource:
+def llm(server: FakeChatServer, **kwargs) -> dg.LLMInstructionSource:
     return dg.LLMInstructionSource(server.url, "tiny-llm", http_retries=0, backoff_base=0, **kwargs)
 
 
 def test_llm_good_json(server):
-    server.answers = [json.dumps(GOOD)]
+    server.script = [json.dumps(GOOD)]
     source = llm(server)
     got = source("a blue ball on grass", "local")
     assert got == dg.Instruction(**GOOD)
-    (request,) = server.requests
+    (request,) = server.bodies
     assert request["model"] == "tiny-llm"
     messages = request["messages"]
     assert messages[0]["role"] == "system" and "JSON" in messages[0]["content"]
@@ -95,32 +58,32 @@ def test_llm_good_json(server):
 
 
 def test_llm_fenced_json_amid_prose(server):
-    server.answers = ["Sure! Here it is:\n```json\n" + json.dumps(GOOD, indent=2) + "\n```\nEnjoy."]
+    server.script = ["Sure! Here it is:\n```json\n" + json.dumps(GOOD, indent=2) + "\n```\nEnjoy."]
     assert llm(server)("a blue ball on grass", "local").new_caption == "a red ball on grass"
 
 
 def test_llm_malformed_then_good_feeds_the_error_back(server):
-    server.answers = ['{"instruction": "make the ball red",, }', json.dumps(GOOD)]
+    server.script = ['{"instruction": "make the ball red",, }', json.dumps(GOOD)]
     got = llm(server)("a blue ball on grass", "local")
     assert got.instruction == "make the ball red"
     assert len(server.requests) == 2
-    retry = server.requests[1]["messages"]
+    retry = server.bodies[1]["messages"]
     assert retry[-2] == {"role": "assistant", "content": '{"instruction": "make the ball red",, }'}
     assert retry[-1]["role"] == "user" and "does not parse" in retry[-1]["content"]
 
 
 def test_llm_missing_field_retries_then_fails(server):
     partial = {k: v for k, v in GOOD.items() if k != "new_caption"}
-    server.answers = [json.dumps(partial)] * 3
+    server.script = [json.dumps(partial)] * 3
     with pytest.raises(dg.InstructionFormatError, match=r"new_caption.*3 attempt|3 attempt.*new_caption") as info:
         llm(server, retries=2)("a blue ball on grass", "local")
     assert len(server.requests) == 3
-    assert "new_caption" in server.requests[1]["messages"][-1]["content"]
+    assert "new_caption" in server.bodies[1]["messages"][-1]["content"]
     assert server.url in str(info.value) and "retries" in str(info.value)
 
 
 def test_llm_empty_field_is_refused(server):
-    server.answers = [json.dumps({**GOOD, "edited_object": "  "})]
+    server.script = [json.dumps({**GOOD, "edited_object": "  "})]
     with pytest.raises(dg.InstructionFormatError, match="edited_object"):
         llm(server, retries=0)("a blue ball", "local")
 
@@ -335,11 +298,11 @@ def test_callable_filter_and_bad_return(tiny_editor, tmp_path, fake_module):
 
 def test_llm_source_end_to_end_with_failures_retried_next_run(tiny_editor, tmp_path, server):
     source = llm(server, retries=0)
-    server.answers = [json.dumps(GOOD), "not json"]
+    server.script = [json.dumps(GOOD), "not json"]
     out = tmp_path / "gen"
     report = dg.run_datagen(tiny_editor, dg.scene_items(2, size=32), out, source=source, options=FAST)
     assert (report.written, report.failed) == (1, 1)
-    server.answers = [json.dumps(GOOD)]
+    server.script = [json.dumps(GOOD)]
     report = dg.run_datagen(tiny_editor, dg.scene_items(2, size=32), out, source=source, options=FAST)
     assert (report.written, report.skipped) == (1, 1)
     rows = [json.loads(x) for x in (out / "data.jsonl").read_text().splitlines()]

@@ -1,4 +1,4 @@
-"""VieScorer against a real chat-completions server on 127.0.0.1 (http.server in a thread)."""
+"""VieScorer against a real chat-completions server on 127.0.0.1 (`diptych.testing.FakeChatServer`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import io
 import json
 import math
 import re
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,81 +18,17 @@ from diptych.errors import InputError
 from diptych.eval import JudgeError, VieScore, VieScorer, VLMChat
 from diptych.eval.vie import PQ_PROMPT, SC_PROMPT
 from diptych.scaling import JudgeSpecError, VLMJudge
-
-
-def completion(text: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-    }
+from diptych.testing import ChatReply, FakeChatServer
 
 
 def answer(scores: list[Any], reasoning: str = "fine") -> str:
     return json.dumps({"score": scores, "reasoning": reasoning})
 
 
-@dataclass
-class Reply:
-    text: str = ""
-    status: int = 200
-    body: bytes | None = None
-
-
-@dataclass
-class ChatServer:
-    """Answers POST /v1/chat/completions from a script of replies, then from ``responder`` (a function
-    of the request body); records every request body."""
-
-    script: list[Reply] = field(default_factory=list)
-    responder: Callable[[dict[str, Any]], Reply] | None = None
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                with server.lock:
-                    server.requests.append(body)
-                    server.paths.append(self.path)
-                    if server.script:
-                        reply = server.script.pop(0)
-                    elif server.responder is not None:
-                        reply = server.responder(body)
-                    else:
-                        reply = Reply(status=500, text="no reply scripted")
-                payload = reply.body or json.dumps(completion(reply.text)).encode()
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture
-def server() -> Iterator[ChatServer]:
-    s = ChatServer()
-    yield s
-    s.close()
+def server() -> Iterator[FakeChatServer]:
+    with FakeChatServer() as s:  # nothing scripted and no responder: HTTP 500
+        yield s
 
 
 @pytest.fixture(autouse=True)
@@ -104,11 +37,11 @@ def no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
-def spec(server: ChatServer, extra: str = "") -> str:
+def spec(server: FakeChatServer, extra: str = "") -> str:
     return f"vlm:{server.url}?model=qwen-vl&timeout=5&retries=1{extra}"
 
 
-def fast_judge(server: ChatServer, **kwargs: Any) -> VLMJudge:
+def fast_judge(server: FakeChatServer, **kwargs: Any) -> VLMJudge:
     options: dict[str, Any] = {"timeout": 5.0, "retries": 2, "backoff_base": 0.01, "max_tokens": 512}
     options.update(kwargs)
     return VLMJudge(server.url, "qwen-vl", **options)
@@ -130,8 +63,8 @@ def same_image(a: Image.Image, b: Image.Image) -> bool:
     return a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_sc_and_pq_requests_and_the_scores(server: ChatServer) -> None:
-    server.script = [Reply(answer([7, 9], "ball is red")), Reply(answer([8, 6], "slight blur"))]
+def test_sc_and_pq_requests_and_the_scores(server: FakeChatServer) -> None:
+    server.script = [ChatReply(answer([7, 9], "ball is red")), ChatReply(answer([8, 6], "slight blur"))]
     with VieScorer(spec(server)) as scorer:
         result = scorer.score(SOURCE, EDITED, INSTRUCTION)
 
@@ -145,7 +78,7 @@ def test_sc_and_pq_requests_and_the_scores(server: ChatServer) -> None:
     json.dumps(result.to_dict())  # serialisable as is
 
     assert len(server.requests) == 2 and server.paths == ["/v1/chat/completions"] * 2
-    sc_request, pq_request = server.requests
+    sc_request, pq_request = server.bodies
     for body in (sc_request, pq_request):
         assert body["model"] == "qwen-vl"
         assert body["temperature"] == 0
@@ -165,20 +98,20 @@ def test_sc_and_pq_requests_and_the_scores(server: ChatServer) -> None:
     assert same_image(decode(pq_parts[1]), EDITED)
 
 
-def test_code_fenced_answers_with_string_scores(server: ChatServer) -> None:
+def test_code_fenced_answers_with_string_scores(server: FakeChatServer) -> None:
     server.script = [
-        Reply('```json\n{"score": ["4", "10"], "reasoning": "half"}\n```'),
-        Reply('Here you go:\n```\n{"score": [9, 9], "reasoning": "clean"}\n```\nThanks!'),
+        ChatReply('```json\n{"score": ["4", "10"], "reasoning": "half"}\n```'),
+        ChatReply('Here you go:\n```\n{"score": [9, 9], "reasoning": "clean"}\n```\nThanks!'),
     ]
     result = VieScorer(fast_judge(server)).score(SOURCE, EDITED, INSTRUCTION)
     assert (result.sc, result.pq, result.overall) == (4.0, 9.0, 6.0)
 
 
-def test_unreadable_answer_gets_a_follow_up(server: ChatServer) -> None:
+def test_unreadable_answer_gets_a_follow_up(server: FakeChatServer) -> None:
     server.script = [
-        Reply("The edit is quite good, maybe an eight."),
-        Reply(answer([8, 5])),
-        Reply(answer([3, 4])),
+        ChatReply("The edit is quite good, maybe an eight."),
+        ChatReply(answer([8, 5])),
+        ChatReply(answer([3, 4])),
     ]
     result = VieScorer(fast_judge(server)).score(SOURCE, EDITED, INSTRUCTION)
     assert (result.sc, result.pq) == (5.0, 3.0)
@@ -186,25 +119,25 @@ def test_unreadable_answer_gets_a_follow_up(server: ChatServer) -> None:
     assert result.raw["sc"]["answers"][0] == "The edit is quite good, maybe an eight."
 
     assert len(server.requests) == 3
-    retry = server.requests[1]["messages"]
+    retry = server.bodies[1]["messages"]
     assert [m["role"] for m in retry] == ["user", "assistant", "user"]
-    assert retry[0] == server.requests[0]["messages"][0]  # the same question, images included
+    assert retry[0] == server.bodies[0]["messages"][0]  # the same question, images included
     assert retry[1]["content"] == "The edit is quite good, maybe an eight."
     assert '{"score": [s1, s2], "reasoning": "..."}' in retry[2]["content"]
     assert "no JSON object" in retry[2]["content"]
     # The PQ question starts a fresh conversation.
-    assert len(server.requests[2]["messages"]) == 1
+    assert len(server.bodies[2]["messages"]) == 1
 
 
-def test_out_of_range_scores_are_retried(server: ChatServer) -> None:
-    server.script = [Reply(answer([80, 90])), Reply(answer([8, 9])), Reply(answer([7, 7]))]
+def test_out_of_range_scores_are_retried(server: FakeChatServer) -> None:
+    server.script = [ChatReply(answer([80, 90])), ChatReply(answer([8, 9])), ChatReply(answer([7, 7]))]
     result = VieScorer(fast_judge(server)).score(SOURCE, EDITED, INSTRUCTION)
     assert result.sc_scores == [8, 9]
-    assert "outside 0-10" in server.requests[1]["messages"][2]["content"]
+    assert "outside 0-10" in server.bodies[1]["messages"][2]["content"]
 
 
-def test_gives_up_with_a_clear_error(server: ChatServer) -> None:
-    server.responder = lambda body: Reply("I cannot rate this.")
+def test_gives_up_with_a_clear_error(server: FakeChatServer) -> None:
+    server.responder = lambda body: ChatReply("I cannot rate this.")
     scorer = VieScorer(fast_judge(server), retries=2)
     with pytest.raises(JudgeError, match=r"no readable VIEScore SC answer in 3 attempt\(s\)") as info:
         scorer.score(SOURCE, EDITED, INSTRUCTION)
@@ -212,30 +145,30 @@ def test_gives_up_with_a_clear_error(server: ChatServer) -> None:
     assert len(server.requests) == 3
 
 
-def test_transport_failures_are_retried_by_the_http_client(server: ChatServer) -> None:
-    server.script = [Reply(status=503, text="busy"), Reply(answer([6, 7])), Reply(answer([9, 8]))]
+def test_transport_failures_are_retried_by_the_http_client(server: FakeChatServer) -> None:
+    server.script = [ChatReply(status=503, text="busy"), ChatReply(answer([6, 7])), ChatReply(answer([9, 8]))]
     result = VieScorer(fast_judge(server)).score(SOURCE, EDITED, INSTRUCTION)
     assert (result.sc, result.pq) == (6.0, 8.0)
     assert len(server.requests) == 3
 
 
-def test_http_errors_that_are_not_retried(server: ChatServer) -> None:
-    server.script = [Reply(status=401, text="bad key")]
+def test_http_errors_that_are_not_retried(server: FakeChatServer) -> None:
+    server.script = [ChatReply(status=401, text="bad key")]
     with pytest.raises(JudgeError, match="HTTP 401"):
         VieScorer(fast_judge(server)).score(SOURCE, EDITED, INSTRUCTION)
     assert len(server.requests) == 1
 
 
-def sample_responder(body: dict[str, Any]) -> Reply:
+def sample_responder(body: dict[str, Any]) -> ChatReply:
     """SC answers carry the sample number from the instruction; PQ answers are fixed."""
     text = body["messages"][0]["content"][0]["text"]
     match = re.search(r"Editing instruction: sample (\d+)", text)
     if match:
-        return Reply(answer([int(match.group(1)), 10]))
-    return Reply(answer([9, 9]))
+        return ChatReply(answer([int(match.group(1)), 10]))
+    return ChatReply(answer([9, 9]))
 
 
-def test_score_many_keeps_order_on_threads(server: ChatServer) -> None:
+def test_score_many_keeps_order_on_threads(server: FakeChatServer) -> None:
     server.responder = sample_responder
     scorer = VieScorer(fast_judge(server, concurrency=4))
     assert scorer.concurrency == 4
@@ -246,10 +179,10 @@ def test_score_many_keeps_order_on_threads(server: ChatServer) -> None:
     assert len(server.requests) == 16
 
 
-def test_score_many_can_return_failures(server: ChatServer) -> None:
-    def responder(body: dict[str, Any]) -> Reply:
+def test_score_many_can_return_failures(server: FakeChatServer) -> None:
+    def responder(body: dict[str, Any]) -> ChatReply:
         text = body["messages"][0]["content"][0]["text"]
-        return Reply("no idea") if "sample 1" in text else sample_responder(body)
+        return ChatReply("no idea") if "sample 1" in text else sample_responder(body)
 
     server.responder = responder
     scorer = VieScorer(fast_judge(server), retries=0)
@@ -260,23 +193,23 @@ def test_score_many_can_return_failures(server: ChatServer) -> None:
         scorer.score_many([(SOURCE, EDITED, "sample 1")], max_workers=1)
 
 
-def test_instruction_with_braces_and_images_first(server: ChatServer) -> None:
-    server.script = [Reply(answer([5, 5])), Reply(answer([5, 5]))]
+def test_instruction_with_braces_and_images_first(server: FakeChatServer) -> None:
+    server.script = [ChatReply(answer([5, 5])), ChatReply(answer([5, 5]))]
     instruction = "write {name} on the sign"
     VieScorer(fast_judge(server), images_first=True).score(SOURCE, EDITED, instruction)
-    sc_parts = server.requests[0]["messages"][0]["content"]
+    sc_parts = server.bodies[0]["messages"][0]["content"]
     assert [p["type"] for p in sc_parts] == ["image_url", "image_url", "text"]
     assert sc_parts[2]["text"].rstrip().endswith(f"Editing instruction: {instruction}")
 
 
-def test_spec_keeps_its_own_max_tokens(server: ChatServer) -> None:
-    server.script = [Reply(answer([5, 5])), Reply(answer([5, 5]))]
+def test_spec_keeps_its_own_max_tokens(server: FakeChatServer) -> None:
+    server.script = [ChatReply(answer([5, 5])), ChatReply(answer([5, 5]))]
     VieScorer(spec(server, "&max_tokens=300")).score(SOURCE, EDITED, INSTRUCTION)
-    assert server.requests[0]["max_tokens"] == 300
+    assert server.bodies[0]["max_tokens"] == 300
 
 
-def test_other_clients(server: ChatServer) -> None:
-    server.script = [Reply(answer([5, 6])), Reply(answer([7, 8]))]
+def test_other_clients(server: FakeChatServer) -> None:
+    server.script = [ChatReply(answer([5, 6])), ChatReply(answer([7, 8]))]
     chat = VLMChat.from_url(server.url, "qwen-vl", timeout=5.0)
     assert VieScorer(chat).score(SOURCE, EDITED, INSTRUCTION).overall == pytest.approx(math.sqrt(35))
 
@@ -290,16 +223,16 @@ def test_other_clients(server: ChatServer) -> None:
     assert len(seen) == 2 and len(seen[0][0]["content"]) == 3 and len(seen[1][0]["content"]) == 2
 
 
-def test_vlm_chat_ask(server: ChatServer) -> None:
-    server.script = [Reply("a red square")]
+def test_vlm_chat_ask(server: FakeChatServer) -> None:
+    server.script = [ChatReply("a red square")]
     with VLMChat.from_spec(spec(server)) as chat:
         assert chat.ask("What is this?", [EDITED]) == "a red square"
-    parts = server.requests[0]["messages"][0]["content"]
+    parts = server.bodies[0]["messages"][0]["content"]
     assert parts[0] == {"type": "text", "text": "What is this?"}
     assert same_image(decode(parts[1]), EDITED)
 
 
-def test_bad_arguments(server: ChatServer) -> None:
+def test_bad_arguments(server: FakeChatServer) -> None:
     with pytest.raises(JudgeSpecError, match="vlm:http://host:port/v1"):
         VieScorer("clip")
     with pytest.raises(JudgeSpecError, match="model"):

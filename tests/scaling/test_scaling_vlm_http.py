@@ -1,17 +1,14 @@
-"""VLMJudge against a real chat-completions server on 127.0.0.1 (http.server in a thread)."""
+"""VLMJudge against a real chat-completions server on 127.0.0.1 (`diptych.testing.FakeChatServer`)."""
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,94 +16,12 @@ from PIL import Image
 
 from diptych.errors import InputError
 from diptych.scaling import CLARIFY_PROMPT, JudgeError, VLMJudge, load_judge, select_best
-
-
-def completion(text: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "model": "judge",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-    }
-
-
-@dataclass
-class Reply:
-    """What the server answers to one request."""
-
-    body: dict[str, Any] | bytes = field(default_factory=lambda: completion("1"))
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    at: float
-
-
-class ChatServer:
-    """Answers POST /v1/chat/completions from a script of replies (then a default one), and records
-    every request and the most requests it had in flight at once."""
-
-    def __init__(self) -> None:
-        self.script: list[Reply] = []
-        self.default = Reply()
-        self.requests: list[Seen] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with server.lock:
-                    server.requests.append(Seen(self.path, dict(self.headers), json.loads(raw), time.monotonic()))
-                    reply = server.script.pop(0) if server.script else server.default
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    time.sleep(reply.delay)
-                    payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    for key, value in reply.headers.items():
-                        self.send_header(key, value)
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
-
-    def __enter__(self) -> ChatServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()  # joins the handler threads
-        self.thread.join(timeout=5)
+from diptych.testing import ChatReply, FakeChatServer
 
 
 @pytest.fixture
-def server() -> Iterator[ChatServer]:
-    with ChatServer() as s:
+def server() -> Iterator[FakeChatServer]:
+    with FakeChatServer(default=ChatReply("1")) as s:
         yield s
 
 
@@ -116,7 +31,7 @@ def no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
-def make_judge(server: ChatServer, **kwargs: Any) -> VLMJudge:
+def make_judge(server: FakeChatServer, **kwargs: Any) -> VLMJudge:
     options: dict[str, Any] = {"timeout": 2.0, "retries": 2, "backoff_base": 0.01, "backoff_max": 1.0}
     options.update(kwargs)
     return VLMJudge(server.url, "qwen-judge", **options)
@@ -151,8 +66,8 @@ def decode_image(part: dict[str, Any]) -> Image.Image:
         ("Answer: 1 because the ball is red", 0),
     ],
 )
-def test_answers_in_each_format(server: ChatServer, answer: str, winner: int) -> None:
-    server.script = [Reply(completion(answer))]
+def test_answers_in_each_format(server: FakeChatServer, answer: str, winner: int) -> None:
+    server.script = [ChatReply(answer)]
     with make_judge(server) as judge:
         verdict = judge.compare(SRC, A, B, INSTRUCTION)
     assert verdict.winner == winner
@@ -160,7 +75,7 @@ def test_answers_in_each_format(server: ChatServer, answer: str, winner: int) ->
     assert len(server.requests) == 1
 
 
-def test_request_carries_model_prompt_and_three_png_images(server: ChatServer) -> None:
+def test_request_carries_model_prompt_and_three_png_images(server: FakeChatServer) -> None:
     with make_judge(server, max_tokens=77) as judge:
         judge.compare(SRC, A, B.convert("RGBA"), INSTRUCTION)
     (seen,) = server.requests
@@ -187,14 +102,14 @@ def test_request_carries_model_prompt_and_three_png_images(server: ChatServer) -
 
 
 def test_authorization_uses_the_env_key_and_never_logs_it(
-    server: ChatServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    server: FakeChatServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fallback")
     with make_judge(server) as judge:
         judge.compare(SRC, A, B, INSTRUCTION)
     assert server.requests[-1].headers["Authorization"] == "Bearer sk-fallback"
     monkeypatch.setenv("DIPTYCH_JUDGE_API_KEY", "sk-diptych-secret")
-    server.script = [Reply(status=500, body=b"oops"), Reply()]
+    server.script = [ChatReply(status=500, body=b"oops"), ChatReply("1")]
     with caplog.at_level(logging.DEBUG), make_judge(server) as judge:
         judge.compare(SRC, A, B, INSTRUCTION)
         assert "sk-diptych-secret" not in repr(judge)
@@ -206,16 +121,16 @@ def test_authorization_uses_the_env_key_and_never_logs_it(
     assert server.requests[-1].headers["Authorization"] == "Bearer sk-explicit"
 
 
-def test_slow_answer_times_out_then_succeeds_on_retry(server: ChatServer) -> None:
-    server.script = [Reply(completion("1"), delay=0.4), Reply(completion("2"))]
+def test_slow_answer_times_out_then_succeeds_on_retry(server: FakeChatServer) -> None:
+    server.script = [ChatReply("1", delay=0.4), ChatReply("2")]
     with make_judge(server, timeout=0.1) as judge:
         verdict = judge.compare(SRC, A, B, INSTRUCTION)
     assert verdict.winner == 1
     assert len(server.requests) == 2
 
 
-def test_timeouts_on_every_attempt_raise(server: ChatServer) -> None:
-    server.default = Reply(delay=0.25)
+def test_timeouts_on_every_attempt_raise(server: FakeChatServer) -> None:
+    server.default = ChatReply("1", delay=0.25)
     with make_judge(server, timeout=0.05, retries=1) as judge, pytest.raises(JudgeError) as info:
         judge.compare(SRC, A, B, INSTRUCTION)
     assert "failed after 2 attempt(s)" in str(info.value) and "no answer within" in str(info.value)
@@ -225,50 +140,50 @@ def test_timeouts_on_every_attempt_raise(server: ChatServer) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        Reply(body=b"{not json"),
-        Reply(body={"id": "x", "object": "chat.completion"}),
-        Reply(body={"choices": []}),
-        Reply(body={"choices": [{"message": {"content": None}}]}),
+        ChatReply(body=b"{not json"),
+        ChatReply(body={"id": "x", "object": "chat.completion"}),
+        ChatReply(body={"choices": []}),
+        ChatReply(body={"choices": [{"message": {"content": None}}]}),
     ],
 )
-def test_malformed_body_is_retried(server: ChatServer, bad: Reply) -> None:
-    server.script = [bad, Reply(completion("2"))]
+def test_malformed_body_is_retried(server: FakeChatServer, bad: ChatReply) -> None:
+    server.script = [bad, ChatReply("2")]
     with make_judge(server) as judge:
         assert judge.compare(SRC, A, B, INSTRUCTION).winner == 1
     assert len(server.requests) == 2
 
 
-def test_malformed_body_every_time_raises_with_an_excerpt(server: ChatServer) -> None:
-    server.default = Reply(body=b"<html>proxy error</html>")
+def test_malformed_body_every_time_raises_with_an_excerpt(server: FakeChatServer) -> None:
+    server.default = ChatReply(body=b"<html>proxy error</html>")
     with make_judge(server, retries=2) as judge, pytest.raises(JudgeError) as info:
         judge.compare(SRC, A, B, INSTRUCTION)
     assert "not a chat completion" in str(info.value) and "proxy error" in str(info.value)
     assert len(server.requests) == 3
 
 
-def test_content_as_list_of_parts_is_accepted(server: ChatServer) -> None:
-    server.script = [Reply({"choices": [{"message": {"content": [{"type": "text", "text": "Image 2"}]}}]})]
+def test_content_as_list_of_parts_is_accepted(server: FakeChatServer) -> None:
+    server.script = [ChatReply(body={"choices": [{"message": {"content": [{"type": "text", "text": "Image 2"}]}}]})]
     with make_judge(server) as judge:
         assert judge.compare(SRC, A, B, INSTRUCTION).winner == 1
 
 
-def test_server_error_then_success(server: ChatServer) -> None:
-    server.script = [Reply(status=500, body=b"internal"), Reply(status=503, body=b"busy"), Reply(completion("2"))]
+def test_server_error_then_success(server: FakeChatServer) -> None:
+    server.script = [ChatReply(status=500, body=b"internal"), ChatReply(status=503, body=b"busy"), ChatReply("2")]
     with make_judge(server) as judge:
         assert judge.compare(SRC, A, B, INSTRUCTION).winner == 1
     assert len(server.requests) == 3
 
 
-def test_429_waits_for_retry_after(server: ChatServer) -> None:
-    server.script = [Reply(status=429, body=b"slow down", headers={"Retry-After": "0.3"}), Reply()]
+def test_429_waits_for_retry_after(server: FakeChatServer) -> None:
+    server.script = [ChatReply(status=429, body=b"slow down", headers={"Retry-After": "0.3"}), ChatReply("1")]
     with make_judge(server, backoff_base=0.001) as judge:
         judge.compare(SRC, A, B, INSTRUCTION)
     first, second = server.requests
     assert second.at - first.at >= 0.3
 
 
-def test_retry_after_is_capped_by_backoff_max(server: ChatServer) -> None:
-    server.script = [Reply(status=429, headers={"Retry-After": "120"}), Reply()]
+def test_retry_after_is_capped_by_backoff_max(server: FakeChatServer) -> None:
+    server.script = [ChatReply("1", status=429, headers={"Retry-After": "120"}), ChatReply("1")]
     start = time.monotonic()
     with make_judge(server, backoff_max=0.05) as judge:
         judge.compare(SRC, A, B, INSTRUCTION)
@@ -276,8 +191,8 @@ def test_retry_after_is_capped_by_backoff_max(server: ChatServer) -> None:
 
 
 @pytest.mark.parametrize(("status", "hint"), [(401, "API key"), (400, "model name"), (404, "base_url")])
-def test_client_errors_fail_at_once(server: ChatServer, status: int, hint: str) -> None:
-    server.script = [Reply(status=status, body=b'{"error": "invalid api key or bad request"}')]
+def test_client_errors_fail_at_once(server: FakeChatServer, status: int, hint: str) -> None:
+    server.script = [ChatReply(status=status, body=b'{"error": "invalid api key or bad request"}')]
     with make_judge(server) as judge, pytest.raises(JudgeError) as info:
         judge.compare(SRC, A, B, INSTRUCTION)
     message = str(info.value)
@@ -285,8 +200,8 @@ def test_client_errors_fail_at_once(server: ChatServer, status: int, hint: str) 
     assert len(server.requests) == 1
 
 
-def test_unclear_answer_gets_a_follow_up(server: ChatServer) -> None:
-    server.script = [Reply(completion("Both look equally good.")), Reply(completion("2"))]
+def test_unclear_answer_gets_a_follow_up(server: FakeChatServer) -> None:
+    server.script = [ChatReply("Both look equally good."), ChatReply("2")]
     with make_judge(server) as judge:
         verdict = judge.compare(SRC, A, B, INSTRUCTION)
     assert verdict.winner == 1
@@ -298,8 +213,8 @@ def test_unclear_answer_gets_a_follow_up(server: ChatServer) -> None:
     ]
 
 
-def test_always_unclear_raises_with_what_the_model_said(server: ChatServer) -> None:
-    server.default = Reply(completion("Image 1 and image 2 are both fine."))
+def test_always_unclear_raises_with_what_the_model_said(server: FakeChatServer) -> None:
+    server.default = ChatReply("Image 1 and image 2 are both fine.")
     with make_judge(server, retries=1) as judge, pytest.raises(JudgeError) as info:
         judge.compare(SRC, A, B, INSTRUCTION)
     assert "did not choose image 1 or 2 in 2 attempt(s)" in str(info.value)
@@ -316,8 +231,8 @@ def test_connection_refused_is_retried_then_raises() -> None:
         judge.compare(SRC, A, B, INSTRUCTION)
 
 
-def test_concurrency_limit_is_shared_by_the_judge(server: ChatServer) -> None:
-    server.default = Reply(completion("2"), delay=0.1)
+def test_concurrency_limit_is_shared_by_the_judge(server: FakeChatServer) -> None:
+    server.default = ChatReply("2", delay=0.1)
     with make_judge(server, concurrency=2) as judge:
         threads = [threading.Thread(target=judge.compare, args=(SRC, A, B, INSTRUCTION)) for _ in range(5)]
         for t in threads:
@@ -328,8 +243,8 @@ def test_concurrency_limit_is_shared_by_the_judge(server: ChatServer) -> None:
     assert server.max_in_flight == 2
 
 
-def test_tournament_through_the_http_judge(server: ChatServer) -> None:
-    server.default = Reply(completion("Image 2"), delay=0.05)
+def test_tournament_through_the_http_judge(server: FakeChatServer) -> None:
+    server.default = ChatReply("Image 2", delay=0.05)
     candidates = [solid((k, k, k)) for k in range(8)]
     with make_judge(server, concurrency=3) as judge:
         sel = select_best(judge, SRC, candidates, INSTRUCTION, strategy="knockout", max_workers=8)
@@ -338,8 +253,8 @@ def test_tournament_through_the_http_judge(server: ChatServer) -> None:
     assert server.max_in_flight == 3
 
 
-def test_load_judge_builds_a_working_http_judge(server: ChatServer) -> None:
-    server.script = [Reply(completion("Image 2"))]
+def test_load_judge_builds_a_working_http_judge(server: FakeChatServer) -> None:
+    server.script = [ChatReply("Image 2")]
     judge = load_judge(f"vlm:{server.url}?model=served-name&timeout=5&retries=1&concurrency=3")
     with judge:  # type: ignore[union-attr]
         assert judge.compare(SRC, A, B, INSTRUCTION).winner == 1  # type: ignore[union-attr]
