@@ -219,3 +219,16 @@ def test_multiturn_drift_measures_thresholding(shapes_folder):
     assert len(off["drift_per_turn"]) == 2 and min(off["drift_per_turn"]) > 0  # a random model drifts
     # a threshold above any possible change resets every pixel: no drift, and no turn succeeds
     assert on["drift_per_turn"] == [0.0, 0.0] and on["success_per_turn"] == [0.0, 0.0]
+
+
+def test_cli_drift_prints_a_table_and_json(shapes_folder, capsys):
+    base = f"shapes:{shapes_folder}"
+    args = ["shapes", "drift", "--n", "1", "--turns", "2", "--steps", "2", "--base", base, "-q"]
+    assert main([*args, "--thresholds", "off", "0.03"]) == 0
+    out = capsys.readouterr().out
+    assert "| off |" in out and "| alpha=0.03 |" in out and "turn 2" in out
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["turns"] == 2 and set(report["results"]) == {"off", "alpha=0.03"}
+    assert main([*args, "--thresholds", "lots"]) == 2
+    assert "--thresholds takes numbers or 'off'" in capsys.readouterr().err
