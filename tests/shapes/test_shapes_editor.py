@@ -232,3 +232,18 @@ def test_cli_drift_prints_a_table_and_json(shapes_folder, capsys):
     assert report["turns"] == 2 and set(report["results"]) == {"off", "alpha=0.03"}
     assert main([*args, "--thresholds", "lots"]) == 2
     assert "--thresholds takes numbers or 'off'" in capsys.readouterr().err
+
+
+def test_invert_task_extends_the_builtin_task_embedding(shapes_folder, tmp_path):
+    from diptych.emu.task_embedding import load_task_embedding
+
+    assert (
+        main(["shapes", "make", "--split", "train", "--n", "2", "--ops", "mirror", "--out", str(tmp_path / "ex")]) == 0
+    )
+    out = tmp_path / "mirror.safetensors"
+    args = ["invert-task", "--base", f"shapes:{shapes_folder}", "--examples", str(tmp_path / "ex"), "--name", "flip"]
+    assert main([*args, "--output", str(out), "--steps", "2", "--resolution", "64", "-q"]) == 0
+    learned, shipped = load_task_embedding(out), load_task_embedding(shapes_folder / TASK_EMBEDDING_FILES["moe"])
+    assert learned.names == [*shipped.names, "flip"]
+    assert torch.equal(learned.weight[:-1], shipped.weight)  # the shipped rows are kept bit for bit
+    assert learned.weight[-1].abs().sum() > 0

@@ -41,7 +41,8 @@ def add_invert_task_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--base-embedding",
         default=None,
-        help="task embedding to extend (default: the adapter folder's task_embedding.safetensors, if any)",
+        help="task embedding to extend (default: the adapter's: task_embedding.safetensors beside --lora, or the "
+        "one shipped with the built-in model)",
     )
     parser.add_argument("--init-task", default=None, help="start from this task's vector (default: zero)")
     parser.add_argument("--steps", type=int, default=500, help="optimisation steps (default 500)")
@@ -80,14 +81,19 @@ def run_invert_task(args: argparse.Namespace) -> int:
     skipped = sum(getattr(dataset, "skipped", {}).values())
     if not examples:
         raise InputError(f"{args.examples} holds no usable example ({skipped} skipped)")
-    base_path = args.base_embedding or find_task_embedding(args.lora)
-    base_embedding = load_task_embedding(base_path) if base_path is not None else None
+    base_embedding = load_task_embedding(args.base_embedding) if args.base_embedding else None
 
     from tqdm.auto import tqdm
 
     from ..editor import Editor
 
     editor = Editor.from_pretrained(args.base, adapter=args.lora, device=args.device, dtype=args.dtype)
+    base_path = args.base_embedding
+    if base_embedding is None:  # the adapter's own: beside a --lora folder, or shipped with the built-in model
+        base_path = find_task_embedding(args.lora) if args.lora and not str(args.base).startswith("shapes") else None
+        base_embedding = load_task_embedding(base_path) if base_path is not None else editor.task_embedding
+        if base_path is None and base_embedding is not None:
+            base_path = f"the task embedding of {args.base}"
     bar = tqdm(total=args.steps, unit="step", desc=f"inverting {args.name}", disable=args.quiet)
 
     def progress(step: int, _total: int, loss: float) -> None:
