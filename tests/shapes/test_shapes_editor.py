@@ -171,7 +171,8 @@ def test_train_an_adapter_on_the_builtin_model(shapes_folder, tmp_path, capsys):
         ]
     )
     assert code == 0, capsys.readouterr().err
-    adapter = next((tmp_path / "run").rglob("adapter.safetensors"))
+    adapter = tmp_path / "run"  # the run folder: adapter.safetensors beside task_embedding.safetensors
+    assert (adapter / "adapter.safetensors").is_file() and (adapter / "task_embedding.safetensors").is_file()
     editor = Editor.from_pretrained(f"shapes:{shapes_folder}", adapter=str(adapter), device="cpu")
     assert editor.adapter_kind == "moe" and editor.task_embedding is not None  # found beside the adapter
 

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from ..errors import WeightsError
 
 ADAPTER_NAME = "edit"
-DEFAULT_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "ICEdit-MoE-LoRA.safetensors")
+# What an adapter folder's weights are called: diffusers' LoRA name, diptych's LoRA-MoE export (which may sit beside
+# a task_embedding.safetensors) and the official ICEdit MoE file.
+DEFAULT_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "adapter.safetensors", "ICEdit-MoE-LoRA.safetensors")
 
 
 def resolve_adapter_file(adapter: str | Path, *, local_files_only: bool = False) -> Path:
