@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from diptych.editor import Editor
 from diptych.scaling import load_judge, select_best
 from diptych.shapes.dataset import sample_edit
 from diptych.shapes.judge import ShapesJudge, degrade
@@ -36,12 +37,11 @@ def test_shipped_vae_reconstructs_ground_truth_within_the_success_rule():
 def test_shipped_base_reproduces_the_left_panel():
     """The base was pre-trained on same-scene diptychs: given a caption it copies the scene (measured 30/30
     within the success rule's outside threshold, mean error 0.005)."""
-    from diptych.editor import Editor
     from diptych.shapes.edits import T_OUTSIDE, error_map
     from diptych.shapes.world import caption
 
-    editor = Editor.from_pretrained("shapes", device="cpu")
-    assert editor.adapter_kind is None  # no adapter ships yet
+    editor = Editor.from_pretrained("shapes", adapter="none", device="cpu")
+    assert editor.adapter_kind is None
     errors = []
     for index in range(3):
         ex = sample_edit("test", index, phrasings="all")
@@ -54,3 +54,26 @@ def test_shipped_base_reproduces_the_left_panel():
         unit = [np.asarray(im, dtype=np.float64) / 255 for im in (out, ex.source_image)]
         errors.append(float(error_map(*unit).mean()))
     assert max(errors) <= T_OUTSIDE
+
+
+def test_shipped_weights_fit_the_budget():
+    from diptych.shapes.models import WEIGHTS
+
+    total = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
+    assert total <= 30 * 2**20, f"the shipped ShapesEdit weights are {total / 2**20:.1f} MB (budget: 30 MB)"
+    assert not list(WEIGHTS.rglob("*.bin")) and not list(WEIGHTS.rglob("*.pt"))  # safetensors only
+
+
+def test_shipped_adapters_move_the_output_toward_the_target():
+    """The shipped adapters are far from the issue's success targets (bench: MoE 1% vs base 0%; see
+    docs/shapes.md for why), but they did learn: on 8 fixed held-out 'invert' edits the LoRA-MoE's output is
+    much closer to the ground truth than the bare base's copy (measured mean L1 0.43 vs 0.71; plain LoRA 0.63)."""
+    from diptych.shapes.bench import heldout_cases, run_bench
+
+    cases = [c for c in heldout_cases(120) if c.task == "invert"][:8]
+    report = run_bench(cases, variants=["base", "lora", "moe"], steps=28, device="cpu")
+    l1 = {name: v["overall"]["l1"] for name, v in report["variants"].items()}
+    assert len(cases) == 8
+    assert l1["moe"] < 0.75 * l1["base"] and l1["lora"] < 0.95 * l1["base"]
+    moe = Editor.from_pretrained("shapes", device="cpu")
+    assert moe.adapter_kind == "moe" and moe.task_embedding is not None  # the default: MoE + its task vectors

@@ -36,15 +36,25 @@ PRETRAIN_TEMPLATE = "A diptych with two side-by-side images of the same scene. {
 
 
 def random_fill_mask(rng: np.random.Generator, size: int = PANEL) -> Image.Image:
-    """White = to generate. Half the time the right panel (the in-context task), else the left panel or
-    1-3 rectangles anywhere on the canvas (general inpainting that must agree with the other panel)."""
+    """White = to generate. 40%: the right panel (the in-context task); 10%: the left panel; 15%: the whole
+    canvas and 15%: the same 1-2 rectangles in both panels — what is hidden in both copies can only come
+    from the caption, so the model must ground it (adapters then build instruction following on that);
+    20%: 1-3 rectangles anywhere (general inpainting that must agree with the other panel)."""
     mask = Image.new("L", (2 * size, size), 0)
     draw = ImageDraw.Draw(mask)
     choice = rng.random()
-    if choice < 0.5:
+    if choice < 0.4:
         draw.rectangle((size, 0, 2 * size - 1, size - 1), fill=255)
-    elif choice < 0.65:
+    elif choice < 0.5:
         draw.rectangle((0, 0, size - 1, size - 1), fill=255)
+    elif choice < 0.65:
+        draw.rectangle((0, 0, 2 * size - 1, size - 1), fill=255)
+    elif choice < 0.8:
+        for _ in range(rng.integers(1, 3)):
+            w, h = rng.integers(size // 4, size // 2 + 1, size=2)
+            x, y = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
+            for offset in (0, size):
+                draw.rectangle((x + offset, y, x + offset + w - 1, y + h - 1), fill=255)
     else:
         for _ in range(rng.integers(1, 4)):
             w, h = rng.integers(size // 4, size + 1, size=2)
