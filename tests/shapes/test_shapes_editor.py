@@ -4,6 +4,7 @@
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -46,6 +47,13 @@ def test_editor_loads_shapes_with_default_moe(shapes_folder):
     same = editor.edit(image, "make the red circle blue", steps=2, task="local")
     other = editor.edit(image, "make the red circle blue", steps=2, task="remove")
     assert same.tobytes() == out.tobytes() and other.tobytes() != out.tobytes()
+    # the built-in adapter's plain-LoRA layers are fused at load: equal to the unfused adapter up to rounding
+    assert editor.adapter_fused
+    editor.fuse_adapter()  # fusing twice is a no-op, not a double fuse
+    editor.unfuse_adapter()
+    unfused = editor.edit(image, "make the red circle blue", steps=2)
+    diff = np.abs(np.asarray(unfused, dtype=int) - np.asarray(out, dtype=int))
+    assert not editor.adapter_fused and diff.max() <= 1
     lora = Editor.from_pretrained(f"shapes:{shapes_folder}", adapter="lora", device="cpu")
     assert lora.adapter_kind == "lora" and lora.task_embedding is None
     assert Editor.from_pretrained(f"shapes:{shapes_folder}", adapter="none", device="cpu").adapter_kind is None
