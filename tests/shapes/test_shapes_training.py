@@ -57,3 +57,17 @@ def test_random_fill_masks_cover_every_kind():
     shares = {k: kinds.count(k) / len(kinds) for k in set(kinds)}
     assert set(shares) == {"canvas", "right", "left", "both panels", "boxes"}
     assert shares["canvas"] + shares["both panels"] > 0.2  # a good share of masks needs the caption
+
+
+def test_the_shipped_adapter_recipes_are_valid_configs():
+    """examples/shapes/*.yaml are the configs the shipped adapters were trained with (docs/shapes.md)."""
+    from pathlib import Path
+
+    from diptych.train.config import build_config
+
+    folder = Path(__file__).parents[2] / "examples" / "shapes"
+    configs = {p.stem: build_config(p) for p in sorted(folder.glob("*.yaml"))}
+    assert set(configs) == {"moe", "lora", "moe-nobg"}
+    assert configs["moe"].adapter == "moe" and configs["moe"].task_embedding and configs["moe"].gate == "learned"
+    assert configs["lora"].adapter == "lora" and configs["lora"].rank == 64
+    assert configs["moe-nobg"].data == "runs/shapes-train-nobg"
