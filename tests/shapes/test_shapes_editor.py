@@ -256,3 +256,10 @@ def test_invert_task_extends_the_builtin_task_embedding(shapes_folder, tmp_path)
     assert learned.names == [*shipped.names, "flip"]
     assert torch.equal(learned.weight[:-1], shipped.weight)  # the shipped rows are kept bit for bit
     assert learned.weight[-1].abs().sum() > 0
+
+
+def test_caption_grounding_scores_caption_only_scenes(shapes_folder, capsys):
+    assert main(["shapes", "grounding", "--base", f"shapes:{shapes_folder}", "--n", "2", "--steps", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scenes"] == 2 and report["mean_error"] > 0.05  # a random model draws nothing like the scene
+    assert report["within_threshold"] == 0.0

@@ -117,6 +117,19 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     drift.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     drift.set_defaults(func=run_drift_command)
 
+    grounding = sub.add_parser(
+        "grounding",
+        help="how well a base model draws held-out scenes from their caption alone (its text grounding)",
+        epilog="example:\n  diptych shapes grounding --base shapes:runs/shapes-base-grounded --n 16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    grounding.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
+    grounding.add_argument("--n", type=int, default=16, help="test scenes")
+    grounding.add_argument("--steps", type=int, default=28)
+    grounding.add_argument("--seed", type=int, default=0)
+    grounding.add_argument("--device", default=None)
+    grounding.set_defaults(func=run_grounding_command)
+
     demo = sub.add_parser(
         "demo",
         help="edit an example scene with the built-in model and write before/after PNGs (what `make demo` runs)",
@@ -238,6 +251,14 @@ def run_drift_command(args: argparse.Namespace) -> int:
             for d, s in zip(result["drift_per_turn"], result["success_per_turn"], strict=True)
         ]
         print(f"| {key} | " + " | ".join(cells) + f" | {100 * result['all_turns_success']:.0f}% |")
+    return 0
+
+
+def run_grounding_command(args: argparse.Namespace) -> int:
+    from .experiments import caption_grounding
+
+    report = caption_grounding(args.base, n=args.n, steps=args.steps, seed=args.seed, device=args.device)
+    print(json.dumps(report))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Emu Edit's measurements in ShapesEdit: the task inversion curve and multi-turn drift.
+"""Measurements in ShapesEdit: Emu Edit's task inversion curve and multi-turn drift, and how well a base
+model grounds its captions.
 
 (The task-embedding ablation is a pair of `diptych shapes bench` variants, `moe:no-task` and
 `moe:true-task`.)
@@ -10,6 +11,9 @@
 - `multiturn_drift`: sessions of several local edits in a row (each turn's instruction is a real edit of
   the ground-truth scene so far), with and without Emu Edit's per-pixel thresholding between turns. Drift
   is the mean absolute RGB error, against the source, of the pixels that no turn was asked to change.
+- `caption_grounding`: the base Fill model draws held-out scenes from their caption alone (the whole diptych
+  masked); the left panel is scored against the render with the success rule's low-pass error. A base that
+  cannot do this has no text grounding for edit adapters to build on (docs/shapes.md, Results).
 """
 
 from __future__ import annotations
@@ -144,6 +148,50 @@ def multiturn_drift(
             "all_turns_success": float(success.all(axis=1).mean()),
         }
     return report
+
+
+def caption_grounding(
+    base: str = "shapes", *, n: int = 16, steps: int = 28, seed: int = 0, device: str | None = None
+) -> dict[str, Any]:
+    """Caption-only generation of `n` test scenes by the bare base model: mean low-pass error of the drawn
+    left panel against the scene's render, and the share within the success rule's inside threshold."""
+    import torch
+
+    from ..editor import Editor
+    from .dataset import scene_split
+    from .edits import T_INSIDE, error_map
+    from .train_base import PRETRAIN_TEMPLATE
+    from .world import caption, random_scene
+
+    editor = Editor.from_pretrained(base, adapter="none", device=device)
+    size = editor.default_width
+    rng = np.random.default_rng([seed, n])
+    scenes = []
+    while len(scenes) < n:
+        scene = random_scene(rng)
+        if scene_split(scene) == "test":
+            scenes.append(scene)
+    embeds, pooled = editor.encoder.encode([PRETRAIN_TEMPLATE.format(caption=caption(s)) for s in scenes])
+    drawn = editor.pipe(
+        prompt_embeds=embeds,
+        pooled_prompt_embeds=pooled,
+        image=[Image.new("RGB", (2 * size, size))] * n,
+        mask_image=[Image.new("L", (2 * size, size), 255)] * n,
+        height=size,
+        width=2 * size,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+    ).images
+    errors = [
+        float(error_map(_array(image.crop((0, 0, size, size))), _array(render(scene, size))).mean())
+        for image, scene in zip(drawn, scenes, strict=True)
+    ]
+    return {
+        "base": base,
+        "scenes": n,
+        "mean_error": float(np.mean(errors)),
+        "within_threshold": float(np.mean([e <= T_INSIDE for e in errors])),
+    }
 
 
 def _array(image: Image.Image) -> np.ndarray:
