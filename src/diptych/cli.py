@@ -370,11 +370,9 @@ def _run_session(editor, jobs: list[BatchJob], judge, args: argparse.Namespace) 
 
 def _write_routing_stats(editor, path: Path) -> None:
     from .adapters import routing_stats
+    from .files import write_atomic
 
-    stats = routing_stats(editor.pipe.transformer)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(stats, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(routing_stats(editor.pipe.transformer), indent=1))
 
 
 def _stored_alpha(adapter: str) -> float | None:
@@ -393,10 +391,11 @@ def _stored_alpha(adapter: str) -> float | None:
 
 
 def run_export_lora(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from .adapters import export_moe_to_lora, is_moe_state_dict
     from .adapters.lora import read_adapter_state_dict
+    from .files import write_atomic
 
     state_dict = read_adapter_state_dict(args.adapter)
     if not is_moe_state_dict(state_dict):
@@ -413,9 +412,7 @@ def run_export_lora(args: argparse.Namespace) -> int:
     if output.suffix != ".safetensors":
         raise InputError(f"output {output} must end in .safetensors")
     lora = export_moe_to_lora(state_dict, weighting=args.weighting, usage=usage, alpha=_stored_alpha(args.adapter))
-    tmp = output.with_name(output.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in lora.items()}, str(tmp))
-    tmp.replace(output)
+    write_atomic(output, save({k: v.contiguous() for k, v in lora.items()}))
     print(f"wrote a plain LoRA with {len(lora)} tensors to {output}", file=sys.stderr)
     return 0
 

@@ -76,12 +76,10 @@ Saving
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pathlib
 import re
-import secrets
 import struct
 import unicodedata
 import warnings
@@ -91,6 +89,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diptych.errors import InputError
+from diptych.files import atomic_file
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -607,7 +606,12 @@ def load_mask(
 
 
 def save_image_atomic(
-    image: Image.Image, path: str | os.PathLike[str], *, format: str | None = None, **options: Any
+    image: Image.Image,
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    fsync: bool = True,
+    **options: Any,
 ) -> pathlib.Path:
     """Write ``image`` to ``path`` atomically and return the path.
 
@@ -621,6 +625,7 @@ def save_image_atomic(
         path: the target file.
         format: one of `ALLOWED_FORMATS`; by default taken from the suffix (.png, .jpg, .jpeg, .webp,
             .bmp, .tif, .tiff).
+        fsync: flush to disk before the rename (``diptych.files.atomic_file``); off for bulk exports.
         options: passed to ``PIL.Image.Image.save``; JPEG and WEBP default to quality 95.
 
     Raises:
@@ -648,29 +653,9 @@ def save_image_atomic(
     save_options = {**_SAVE_DEFAULTS.get(fmt, {}), **options}
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp, fd = _create_temp(target)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=fmt, **save_options)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with atomic_file(target, fsync=fsync) as handle:
+        image.save(handle, format=fmt, **save_options)
     return target
-
-
-def _create_temp(target: pathlib.Path) -> tuple[pathlib.Path, int]:
-    # os.open with 0o666 (rather than mkstemp's 0o600) lets the umask decide the final permissions,
-    # as for any other file the user writes.
-    while True:
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
 
 
 def validate_instruction(text: str, *, max_chars: int = 1000) -> str:

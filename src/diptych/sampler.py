@@ -27,9 +27,10 @@ from diffusers import FluxFillPipeline
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .errors import InputError
+from .files import write_atomic
 
 StepCallback = Callable[[int, int], None]
 
@@ -123,9 +124,7 @@ class FillState:
             if getattr(self, name) is not None
         }
         meta = {"height": self.height, "width": self.width, "step": self.step}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"diptych_fill_state": json.dumps(meta)})
-        tmp.replace(path)
+        write_atomic(path, save(tensors, metadata={"diptych_fill_state": json.dumps(meta)}))
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> FillState:

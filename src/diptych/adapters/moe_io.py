@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -25,10 +24,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..errors import WeightsError
+from ..files import write_atomic
 from .moe import (
     BLOCK_LISTS,
     AdapterError,
@@ -405,15 +405,7 @@ def save_moe_adapter(transformer: nn.Module, path: str | os.PathLike[str], *, pr
             if not pname.startswith("base."):
                 tensors[f"{lead}{name}.{pname}"] = param.detach().to("cpu").contiguous().clone()
     metadata = {"format": "pt", METADATA_KEY: json.dumps(_options_of(layers))}
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(target, save(tensors, metadata=metadata))
 
 
 def _options_of(layers: Mapping[str, AdapterLayer]) -> dict[str, object]:

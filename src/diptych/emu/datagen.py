@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DiptychError
+from ..files import write_atomic
 from ..images import load_image, load_mask, save_image_atomic
 from .softmask import DEFAULT_WEIGHTS, check_weights, keep_grid, soft_mask
 
@@ -721,9 +722,7 @@ def _done_ids(path: Path) -> set[str]:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data[:cut])
-        os.replace(tmp, path)
+        write_atomic(path, data[:cut])
         data = data[:cut]
     ids = set()
     for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from ..errors import InputError, WeightsError
+from ..files import write_atomic
 
 #: The file the trainer writes next to the adapter, and `find_task_embedding` looks for.
 TASK_EMBEDDING_FILE = "task_embedding.safetensors"
@@ -273,11 +274,8 @@ def save_task_embedding(embedding: TaskEmbedding, path: str | os.PathLike[str]) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"names": embedding.names, "dim": embedding.dim, "version": _FORMAT_VERSION}
-    tmp = path.with_name(f".{path.name}.tmp")
     weight = embedding.table.weight.detach().to("cpu", torch.float32).contiguous()
-    save_file({"weight": weight}, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, save({"weight": weight}, metadata={_META_KEY: json.dumps(meta)}))
 
 
 def load_task_embedding(path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> TaskEmbedding:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..errors import InputError, WeightsError
+from ..files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -291,14 +292,8 @@ class TaskPredictor:
         return [TASK_NAMES[i] for i in self.probabilities(instructions).argmax(-1).tolist()]
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(
-            {"weight": self.weight.contiguous(), "bias": self.bias.contiguous()},
-            str(tmp),
-            metadata={"tasks": json.dumps(TASK_NAMES)},
-        )
-        tmp.replace(path)
+        tensors = {"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}
+        write_atomic(path, save(tensors, metadata={"tasks": json.dumps(TASK_NAMES)}))
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, *, encoder=None) -> TaskPredictor:

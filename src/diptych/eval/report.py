@@ -8,7 +8,6 @@ numbers (`diptych.eval.paper_numbers`) are listed beside the overall means of th
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import html
 import io
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..files import write_atomic
 from .paper_numbers import METRIC_LABELS, paper_metrics, paper_rows
 
 __all__ = ["render_csv", "render_html", "render_markdown", "summarize", "write_reports"]
@@ -211,20 +211,6 @@ def render_html(run: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def write_reports(
     out: str | os.PathLike[str], run: dict[str, Any], records: Sequence[dict[str, Any]]
 ) -> dict[str, Path]:
@@ -247,8 +233,8 @@ def write_reports(
         "html": folder / "index.html",
         "summary": folder / "summary.json",
     }
-    _write_text(paths["markdown"], render_markdown(run, records))
-    _write_text(paths["csv"], render_csv(run, records))
-    _write_text(paths["html"], render_html(run, records))
-    _write_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    write_atomic(paths["markdown"], render_markdown(run, records))
+    write_atomic(paths["csv"], render_csv(run, records))
+    write_atomic(paths["html"], render_html(run, records))
+    write_atomic(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return paths

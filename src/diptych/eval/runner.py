@@ -23,7 +23,6 @@ later with `merge_run` (`diptych eval --merge --out DIR`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DiptychError
+from ..files import write_atomic
 from ..images import save_image_atomic
 from .benchmarks import (
     IMAGE_SUFFIXES,
@@ -553,21 +553,6 @@ def _check_run_file(out: Path, run: dict[str, Any]) -> bool:
     return True
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def run_evaluation(
     config: EvalConfig,
     *,
@@ -629,7 +614,7 @@ def run_evaluation(
             producer.editor  # noqa: B018
     out.mkdir(parents=True, exist_ok=True)
     if write_run_file:
-        _write_json_atomic(out / RUN_FILE, run)
+        write_atomic(out / RUN_FILE, json.dumps(run, indent=2, sort_keys=True, default=str) + "\n")
     log_name = f"samples.rank{shard[0]}.jsonl" if shard else SAMPLES_FILE
     computed = 0
     if todo:

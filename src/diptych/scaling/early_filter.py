@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ..errors import InputError
+from ..files import write_atomic
 from .judges import Judge
 from .tournament import Selection, select_best
 
@@ -137,6 +138,4 @@ def write_candidates(result: EarlyFilterResult, folder: Path) -> None:
     for index, (seed, preview) in enumerate(zip(result.seeds, result.previews, strict=True)):
         save_image_atomic(preview, folder / f"candidate_{index}_seed{seed}.png")
     save_image_atomic(result.image, folder / "final.png")
-    tmp = folder / "selection.json.tmp"
-    tmp.write_text(json.dumps(result.summary(), indent=2), encoding="utf-8")
-    tmp.replace(folder / "selection.json")
+    write_atomic(folder / "selection.json", json.dumps(result.summary(), indent=2))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,6 +30,8 @@ import numpy as np
 from PIL import Image
 
 from diptych.errors import DiptychError
+from diptych.files import write_atomic
+from diptych.images import save_image_atomic
 from diptych.shapes.edits import OPS, Edit, EditError, Phrasings, edit_region, get_op
 from diptych.shapes.world import Scene, SceneError, caption, random_scene, render
 
@@ -179,28 +180,6 @@ def sample_edit(
 # --- export ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save_png(image: Image.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _record(example: Example, i: int, stem: str) -> dict[str, Any]:
     edit = example.edit
     return {
@@ -266,11 +245,11 @@ def make_dataset(
     for i in indices:
         example = sample_edit(split, i, seed=seed, phrasings=phrasings, ops=names, size=size)
         stem = f"{i:06d}"
-        _atomic_save_png(example.source_image, out / "images" / f"{stem}_source.png")
-        _atomic_save_png(example.target_image, out / "images" / f"{stem}_target.png")
-        _atomic_save_png(example.mask_image, out / "images" / f"{stem}_mask.png")
+        save_image_atomic(example.source_image, out / "images" / f"{stem}_source.png", fsync=False)
+        save_image_atomic(example.target_image, out / "images" / f"{stem}_target.png", fsync=False)
+        save_image_atomic(example.mask_image, out / "images" / f"{stem}_mask.png", fsync=False)
         lines.append(json.dumps(_record(example, i, stem), sort_keys=True))
-    _atomic_write_bytes(jsonl, ("\n".join(lines) + "\n").encode())
+    write_atomic(jsonl, "\n".join(lines) + "\n")
     return out
 
 

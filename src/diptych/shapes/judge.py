@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .. import checkpoints as ckpt
 from ..encoders import MiniLMPromptEncoder
 from ..errors import WeightsError
+from ..files import write_atomic
 from .dataset import sample_edit
 from .edits import OPS
 from .models import PANEL, WEIGHTS
@@ -173,8 +174,8 @@ def train_judge(
             ckpt.save_loop_state(out, step, model=net, optimizer=optimizer, rng=rng)
     folder = out / "judge"
     folder.mkdir(exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "judge.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"width": net.convs[0].out_channels}))
+    write_atomic(folder / "judge.safetensors", save({k: v.contiguous() for k, v in net.state_dict().items()}))
+    write_atomic(folder / "config.json", json.dumps({"width": net.convs[0].out_channels}))
     return folder
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DiptychError
+from ..files import write_atomic
 from .data import FORMATS
 
 ADAPTERS = ("lora", "moe")
@@ -276,7 +277,4 @@ def write_yaml(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write the resolved config next to the run (atomically), so the run can be repeated."""
     import yaml
 
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

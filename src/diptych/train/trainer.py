@@ -23,6 +23,7 @@ from PIL import Image
 
 from .. import checkpoints as ckpt
 from ..canvas import PanelSize
+from ..files import write_atomic
 from ..images import save_image_atomic
 from .adapters import add_lora, add_moe, export_adapter, trainable_parameters
 from .config import ConfigError, TrainConfig, write_yaml
@@ -592,9 +593,7 @@ class MetricsLog:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
-        tmp = self.path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(f"{line}\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
