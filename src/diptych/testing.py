@@ -15,7 +15,7 @@ import string
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,11 +39,12 @@ from .sampler import FLUX_SCHEDULER_CONFIG
 _CHARS = string.ascii_lowercase + string.digits + ".,!?'-:;()\"{}"
 
 
-def tiny_clip_tokenizer() -> CLIPTokenizer:
-    """A character-level CLIP BPE tokenizer (no merges) with CLIP's special tokens and 77-token limit."""
+def tiny_clip_tokenizer(chars: str = _CHARS, merges: Sequence[tuple[str, str]] = ()) -> CLIPTokenizer:
+    """A character-level CLIP BPE tokenizer with CLIP's special tokens and 77-token limit: the vocabulary is
+    the specials, `chars`, `chars` + "</w>" (word-final), then each merge's result, in `merges` order."""
     specials = ["<|startoftext|>", "<|endoftext|>"]
-    tokens = specials + list(_CHARS) + [c + "</w>" for c in _CHARS]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
+    tokens = specials + list(chars) + [c + "</w>" for c in chars] + [a + b for a, b in merges]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=list(merges), model_max_length=77)
 
 
 def tiny_t5_tokenizer() -> T5TokenizerFast:

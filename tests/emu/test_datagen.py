@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import string
 import sys
 import types
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 from diptych.emu import datagen as dg
 from diptych.emu.datagen_cli import add_datagen_parser, run_datagen
 from diptych.errors import DiptychError
-from diptych.testing import FakeChatServer, save_tiny_clip
+from diptych.testing import FakeChatServer, save_tiny_clip, tiny_clip_tokenizer
 
 GOOD = {
     "instruction": "make the ball red",
@@ -316,15 +317,7 @@ def test_llm_source_end_to_end_with_failures_retried_next_run(tiny_editor, tmp_p
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIP with a letters-only BPE vocabulary, saved in the layout from_pretrained reads."""
-    from transformers import CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
-    return save_tiny_clip(folder, tokenizer=tokenizer)
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), tokenizer=tiny_clip_tokenizer(string.ascii_lowercase))
 
 
 def test_clip_filter_scores_and_thresholds(clip_dir):

@@ -3,7 +3,7 @@ from_pretrained, each checked against the same quantity computed plainly from th
 
 from __future__ import annotations
 
-import json
+import string
 from pathlib import Path
 
 import numpy as np
@@ -14,27 +14,14 @@ from PIL import Image
 from diptych.errors import InputError, WeightsError
 from diptych.eval import ClipMetrics, DinoMetrics
 from diptych.eval.metrics import IMAGENET_MEAN, IMAGENET_STD
-from diptych.testing import save_tiny_clip
-
-
-def write_tokenizer_files(folder: Path) -> None:
-    """A tiny CLIP BPE vocabulary: special tokens, letters, word-final letters and two merges."""
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters), "re", "red</w>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\nr e\nre d</w>\n")
+from diptych.testing import save_tiny_clip, tiny_clip_tokenizer
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    tok_dir = folder / "tok"
-    tok_dir.mkdir()
-    write_tokenizer_files(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    return save_tiny_clip(folder, tokenizer=tokenizer, num_layers=1)
+    """A tiny random CLIP whose BPE vocabulary is the letters, word-final letters and two merges."""
+    tokenizer = tiny_clip_tokenizer(string.ascii_lowercase, merges=[("r", "e"), ("re", "d</w>")])
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), tokenizer=tokenizer, num_layers=1)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import string
 from pathlib import Path
 
 import numpy as np
@@ -12,30 +12,17 @@ from PIL import Image
 
 from diptych.errors import InputError, WeightsError
 from diptych.scaling import CLIPJudge, load_judge, select_best
-from diptych.testing import save_tiny_clip
+from diptych.testing import save_tiny_clip, tiny_clip_tokenizer
 
 INSTRUCTION = "make the ball red"
 
 
-def write_tokenizer_files(folder: Path) -> None:
-    """A tiny byte-level BPE vocabulary: special tokens, single letters, word-final letters, 2 merges."""
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters), "re", "red</w>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\nr e\nre d</w>\n")
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    tok_dir = folder / "tok"
-    tok_dir.mkdir()
-    write_tokenizer_files(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    """A tiny random CLIP whose BPE vocabulary is the letters, word-final letters and two merges."""
+    tokenizer = tiny_clip_tokenizer(string.ascii_lowercase, merges=[("r", "e"), ("re", "d</w>")])
     assert tokenizer.tokenize("red") == ["red</w>"]  # the merges were read
-    return save_tiny_clip(folder, tokenizer=tokenizer, num_layers=2)
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), tokenizer=tokenizer, num_layers=2)
 
 
 def images() -> tuple[Image.Image, list[Image.Image]]:
