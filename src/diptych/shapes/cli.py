@@ -59,8 +59,6 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     )
     bench.add_argument("--data", default=None, help="a `shapes make` folder (default: the held-out test split)")
     bench.add_argument("--n", type=int, default=200, help="edits from the test split when --data is not given")
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--steps", type=int, default=28)
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument(
         "--variants",
@@ -69,10 +67,7 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         default=list(DEFAULT_VARIANTS),
         help=f"default: {' '.join(DEFAULT_VARIANTS)} (add moe:no-task moe:true-task for Emu Edit's task ablation)",
     )
-    bench.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
-    bench.add_argument("--device", default=None)
-    bench.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    bench.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_run_options(bench, progress=True)
     bench.set_defaults(func=run_bench_command)
 
     curve = sub.add_parser(
@@ -90,11 +85,7 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     curve.add_argument("--n", type=int, default=100, help="test edits of the operation to score")
     curve.add_argument("--inversion-steps", type=int, default=200)
     curve.add_argument("--lr", type=float, default=2e-2)
-    curve.add_argument("--steps", type=int, default=28, help="denoising steps of the scored edits")
-    curve.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
-    curve.add_argument("--device", default=None)
-    curve.add_argument("--seed", type=int, default=0)
-    curve.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _add_run_options(curve, progress=False)
     curve.set_defaults(func=run_inversion_command)
 
     drift = sub.add_parser(
@@ -109,12 +100,7 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         "--thresholds", nargs="+", default=["off", "0.03"], help="per-pixel thresholds to compare ('off' = none)"
     )
     drift.add_argument("--adapter", default=None, help="default: the shipped LoRA-MoE")
-    drift.add_argument("--steps", type=int, default=28)
-    drift.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
-    drift.add_argument("--device", default=None)
-    drift.add_argument("--seed", type=int, default=0)
-    drift.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    drift.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_run_options(drift, progress=True)
     drift.set_defaults(func=run_drift_command)
 
     grounding = sub.add_parser(
@@ -123,11 +109,8 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         epilog="example:\n  diptych shapes grounding --base shapes:runs/shapes-base-grounded --n 16",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    grounding.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
     grounding.add_argument("--n", type=int, default=16, help="test scenes")
-    grounding.add_argument("--steps", type=int, default=28)
-    grounding.add_argument("--seed", type=int, default=0)
-    grounding.add_argument("--device", default=None)
+    _add_run_options(grounding, progress=False, json_flag=False)
     grounding.set_defaults(func=run_grounding_command)
 
     demo = sub.add_parser(
@@ -143,6 +126,18 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     demo.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
     demo.set_defaults(func=run_demo)
     return shapes
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, progress: bool, json_flag: bool = True) -> None:
+    """The options every measuring subcommand shares: model, denoising steps, device, seed, output."""
+    parser.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
+    parser.add_argument("--steps", type=int, default=28, help="denoising steps per edit (default 28)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    if progress:
+        parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def run_make(args: argparse.Namespace) -> int:
