@@ -640,7 +640,8 @@ class EditScore:
         return asdict(self)
 
 
-def _as_unit_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+def as_unit_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    """A square RGB image (PIL, or uint8 / float-in-0..1 array) as float64 in 0..1, the success rule's input."""
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
@@ -689,7 +690,7 @@ def judge_edit(output: Image.Image | np.ndarray, edit: Edit, source_scene: Scene
     """
     if source_scene is not None and source_scene != edit.source:
         raise EditError("source_scene is not the source of this edit; pass the matching scene or None")
-    out = _as_unit_rgb(output)
+    out = as_unit_rgb(output)
     size = out.shape[0]
     target = render_array(edit.target, size).astype(np.float64) / 255.0
     source = render_array(edit.source, size).astype(np.float64) / 255.0

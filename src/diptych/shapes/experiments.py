@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .dataset import sample_edit
-from .edits import Edit, edit_region, get_op, judge_edit
+from .edits import Edit, as_unit_rgb, edit_region, get_op, judge_edit
 from .world import render
 
 #: Operations that leave part of the picture untouched (drift is measured on that part).
@@ -130,12 +130,13 @@ def multiturn_drift(
         success = np.zeros((n, turns), dtype=bool)
         for i, chain in enumerate(chains):
             source = render(chain[0].source, 64)
+            source_rgb = as_unit_rgb(source)
             untouched = np.ones((64, 64), dtype=bool)
             session = editor.session(source, threshold=threshold, seed=seed, steps=steps)
             for turn, edit in enumerate(chain):
                 image = session.edit(edit.instruction)
                 untouched &= ~edit_region(edit, 64)
-                error = np.abs(_array(image) - _array(source)).mean(axis=-1)
+                error = np.abs(as_unit_rgb(image) - source_rgb).mean(axis=-1)
                 drift[i, turn] = float(error[untouched].mean()) if untouched.any() else np.nan
                 success[i, turn] = judge_edit(image, edit).success
             if progress:
@@ -183,7 +184,7 @@ def caption_grounding(
         generator=torch.Generator().manual_seed(seed),
     ).images
     errors = [
-        float(error_map(_array(image.crop((0, 0, size, size))), _array(render(scene, size))).mean())
+        float(error_map(as_unit_rgb(image.crop((0, 0, size, size))), as_unit_rgb(render(scene, size))).mean())
         for image, scene in zip(drawn, scenes, strict=True)
     ]
     return {
@@ -192,7 +193,3 @@ def caption_grounding(
         "mean_error": float(np.mean(errors)),
         "within_threshold": float(np.mean([e <= T_INSIDE for e in errors])),
     }
-
-
-def _array(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
