@@ -291,8 +291,7 @@ def _run_early_filter(editor, job: BatchJob, judge, args: argparse.Namespace) ->
         bar.n = done
         bar.refresh()
 
-    with editor.task_conditioning(editor.resolve_tasks([job.instruction], [args.task])):
-        result = _early_filter_call(editor, job, judge, args, progress)
+    result = _early_filter_call(editor, job, judge, args, progress)
     bar.close()
     save_image_atomic(result.image, job.output)
     sel = result.selection
@@ -311,7 +310,7 @@ def _early_filter_call(editor, job: BatchJob, judge, args: argparse.Namespace, p
 
     return edit_with_early_filter(
         editor,
-        EditRequest(job.image, job.instruction, job.seed, job.mask),
+        EditRequest(job.image, job.instruction, job.seed, job.mask, args.task),
         judge=judge,
         candidates=args.candidates,
         early_steps=args.early_steps,

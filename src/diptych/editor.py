@@ -345,16 +345,15 @@ class Editor:
             if judge is None:
                 raise InputError("early filtering (candidates > 1) needs a judge, e.g. judge='clip'")
             judge = load_judge(judge) if isinstance(judge, str) else judge
-            with self.task_conditioning(self.resolve_tasks([instruction], [task])):
-                return edit_with_early_filter(
-                    self,
-                    request,
-                    judge=judge,
-                    candidates=candidates,
-                    early_steps=early_steps,
-                    strategy=strategy,
-                    **options,
-                ).image
+            return edit_with_early_filter(
+                self,
+                request,
+                judge=judge,
+                candidates=candidates,
+                early_steps=early_steps,
+                strategy=strategy,
+                **options,
+            ).image
         return self.edit_many([request], **options)[0]
 
     def edit_many(

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from diptych.editor import EditRequest
 from diptych.emu.task_embedding import (
     TASK_EMBEDDING_FILE,
     TaskEmbedding,
@@ -250,6 +251,19 @@ def test_editing_under_a_task(tiny_editor):
         assert np.abs(np.asarray(many[0]).astype(int) - local).max() <= 1
         assert not np.array_equal(local, added)
         assert calls[-1] == (2, 2)
+        # early filtering conditions every candidate on the edit's task: the result is the winner's plain edit
+        from diptych.scaling.early_filter import edit_with_early_filter
+        from diptych.scaling.judges import CallableJudge
+
+        judge = CallableJudge(lambda source, candidate, instruction: float(np.asarray(candidate).mean()))
+        request = EditRequest(image, "add a dot", seed=3, task="add")
+        result = edit_with_early_filter(
+            tiny_editor, request, judge=judge, candidates=2, early_steps=1, steps=2, width=16
+        )
+        winner = np.asarray(tiny_editor.edit(image, "add a dot", steps=2, seed=result.seed, width=16, task="add"))
+        assert np.abs(np.asarray(result.image, dtype=int) - winner).max() <= 1
+        other_task = tiny_editor.edit(image, "add a dot", steps=2, seed=result.seed, width=16, task="local")
+        assert not np.array_equal(np.asarray(other_task), winner)
     finally:
         tiny_editor.use_task_embedding(None)
     assert np.array_equal(edit_array(tiny_editor, image), plain)

@@ -78,7 +78,8 @@ def edit_with_early_filter(
 ) -> EarlyFilterResult:
     """Run `candidates` seeds (request.seed, request.seed + 1, ...) for `early_steps`, judge, finish the winner.
 
-    `batch_size` bounds how many candidates go through the transformer at once (default: all).
+    `batch_size` bounds how many candidates go through the transformer at once (default: all). With a task
+    embedding on the editor, every candidate is conditioned on `request.task` (or the predicted task).
     """
     if candidates < 1:
         raise InputError(f"candidates must be at least 1, got {candidates}")
@@ -100,19 +101,20 @@ def edit_with_early_filter(
     def counter(evaluations_per_step: int) -> Callable[[int, int], None]:
         return lambda _step, _total: report(evaluations_per_step)
 
-    # Early steps, in chunks; keep each chunk's state so the winner can resume from it.
-    chunks, previews = [], []
-    for start in range(0, candidates, batch_size):
-        chunk = items[start : start + batch_size]
-        state = editor.start(chunk, steps=steps, guidance=guidance)
-        state = editor.sampler.run(state, until=early_steps, callback=counter(len(chunk)))
-        chunks.append(state)
-        canvases = editor.sampler.decode_state(state)
-        previews += [editor.finish(item, c, feather=feather) for item, c in zip(chunk, canvases, strict=True)]
+    with editor.task_conditioning(editor.resolve_tasks([base.instruction], [request.task])):
+        # Early steps, in chunks; keep each chunk's state so the winner can resume from it.
+        chunks, previews = [], []
+        for start in range(0, candidates, batch_size):
+            chunk = items[start : start + batch_size]
+            state = editor.start(chunk, steps=steps, guidance=guidance)
+            state = editor.sampler.run(state, until=early_steps, callback=counter(len(chunk)))
+            chunks.append(state)
+            canvases = editor.sampler.decode_state(state)
+            previews += [editor.finish(item, c, feather=feather) for item, c in zip(chunk, canvases, strict=True)]
 
-    selection = select_best(judge, base.panel_source, previews, base.instruction, strategy=strategy, swap=swap)
-    winner = chunks[selection.index // batch_size].select([selection.index % batch_size])
-    winner = editor.sampler.run(winner, callback=counter(1))
+        selection = select_best(judge, base.panel_source, previews, base.instruction, strategy=strategy, swap=swap)
+        winner = chunks[selection.index // batch_size].select([selection.index % batch_size])
+        winner = editor.sampler.run(winner, callback=counter(1))
     canvas = editor.sampler.decode_state(winner)[0]
     editor.pipe.maybe_free_model_hooks()
     image = editor.finish(items[selection.index], canvas, keep_size=keep_size, feather=feather)
