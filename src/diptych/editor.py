@@ -257,8 +257,6 @@ class Editor:
                     "editor.use_task_embedding(load_task_embedding(FILE)) (CLI: --task-file FILE)"
                 )
             return None
-        from .emu.task_embedding import resolve_tasks
-
         for task in tasks:
             if task is not None:
                 self.task_embedding.index(task)  # a clear error for an unknown name
@@ -270,10 +268,13 @@ class Editor:
 
                 encoder = self.encoder if hasattr(self.encoder, "embed") else None  # reuse MiniLM if loaded
                 self.task_predictor = TaskPredictor.from_pretrained(encoder=encoder)
-            predicted = resolve_tasks(
-                self.task_embedding, [instructions[i] for i in unknown], predictor=self.task_predictor
-            )
+            predicted = self.task_predictor.predict([instructions[i] for i in unknown])
             for index, name in zip(unknown, predicted, strict=True):
+                if name not in self.task_embedding.names:
+                    raise InputError(
+                        f"the predicted task {name!r} has no vector in this task embedding "
+                        f"({', '.join(self.task_embedding.names)}); pass the task explicitly"
+                    )
                 resolved[index] = name
         return resolved  # type: ignore[return-value]
 

@@ -333,28 +333,3 @@ def taxonomy_task(label: str | None) -> str | None:
             _warned_labels.add(label)
             logger.warning("%s: samples with this label get no task vector", err)
         return None
-
-
-# ------------------------------------------------------------------------------------------ inference
-
-
-def resolve_tasks(
-    embedding: TaskEmbedding, instructions: Sequence[str], task: str | None = None, *, predictor=None
-) -> list[str]:
-    """The task of each instruction: `task` for all of them, or predicted by the `TaskPredictor`
-    (default: the shipped one). Every task must be a row of `embedding`."""
-    if task is not None:
-        embedding.index(task)
-        return [task] * len(instructions)
-    if predictor is None:
-        from .tasks import TaskPredictor
-
-        predictor = TaskPredictor.from_pretrained()
-    predicted = predictor.predict(list(instructions))
-    for name in predicted:
-        if name not in embedding.names:
-            raise InputError(
-                f"the predicted task {name!r} has no vector in this task embedding ({', '.join(embedding.names)}); "
-                "pass the task explicitly"
-            )
-    return predicted
