@@ -35,3 +35,20 @@ def test_minilm_batched_embed_agrees_with_cached_single_prompts():
     batched, pooled = encoder.embed(prompts)
     single, single_pooled = encoder.encode(prompts)
     assert torch.allclose(batched, single, atol=1e-5) and torch.allclose(pooled, single_pooled, atol=1e-5)
+
+
+def test_minilm_encode_embeds_only_new_prompts_in_one_forward_and_bounds_its_cache():
+    encoder = MiniLMPromptEncoder.from_pretrained(max_length=16)
+    encoder.cache_size = 3
+    forwards = []
+    embed = encoder.embed
+    encoder.embed = lambda prompts: forwards.append(list(prompts)) or embed(prompts)
+    first, _ = encoder.encode(["a", "b", "a", "c"])
+    assert forwards == [["a", "b", "c"]]  # one forward, each distinct prompt once
+    assert torch.equal(first[0], first[2])
+    again, _ = encoder.encode(["c", "d", "b"])
+    assert forwards[1:] == [["d"]]  # cached prompts cost nothing
+    assert torch.equal(again[0], first[3]) and torch.equal(again[2], first[1])
+    assert len(encoder._cache) == 3 and "a" not in encoder._cache  # least recently used goes first
+    big, _ = encoder.encode(["w", "x", "y", "z"])  # a batch larger than the cache is still returned whole
+    assert big.shape[0] == 4

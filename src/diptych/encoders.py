@@ -98,7 +98,7 @@ class MiniLMPromptEncoder:
 
     @torch.no_grad()
     def embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batched forward, no cache (for training, where prompts rarely repeat)."""
+        """One batched forward, no cache."""
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(
             prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
@@ -108,15 +108,18 @@ class MiniLMPromptEncoder:
         pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
         return hidden, pooled
 
-    def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if prompt in self._cache:
-            self._cache.move_to_end(prompt)
-            return self._cache[prompt]
-        self._cache[prompt] = self.embed([prompt])
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return self._cache[prompt]
-
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self._encode_one(p) for p in prompts]
+        """Cached per prompt; the prompts not in the cache are embedded together in one forward (rows do
+        not interact: padding is to `max_length` and masked), which keeps training batches cheap."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            hidden, pooled = self.embed(missing)
+            for i, prompt in enumerate(missing):
+                self._cache[prompt] = (hidden[i : i + 1], pooled[i : i + 1])
+        pairs = []
+        for prompt in prompts:
+            self._cache.move_to_end(prompt)
+            pairs.append(self._cache[prompt])
+        while len(self._cache) > max(self.cache_size, len(prompts)):
+            self._cache.popitem(last=False)
         return torch.cat([e for e, _ in pairs]), torch.cat([p for _, p in pairs])
