@@ -88,12 +88,14 @@ def run_invert_task(args: argparse.Namespace) -> int:
     from ..editor import Editor
 
     editor = Editor.from_pretrained(args.base, adapter=args.lora, device=args.device, dtype=args.dtype)
+    # Default: the adapter's own embedding. The built-in model loads it with its adapter; for other bases it is
+    # the task_embedding.safetensors beside the --lora folder.
     base_path = args.base_embedding
-    if base_embedding is None:  # the adapter's own: beside a --lora folder, or shipped with the built-in model
-        base_path = find_task_embedding(args.lora) if args.lora and not str(args.base).startswith("shapes") else None
-        base_embedding = load_task_embedding(base_path) if base_path is not None else editor.task_embedding
-        if base_path is None and base_embedding is not None:
-            base_path = f"the task embedding of {args.base}"
+    if base_embedding is None and editor.task_embedding is not None:
+        base_embedding, base_path = editor.task_embedding, f"the task embedding of {args.base}"
+    elif base_embedding is None and args.lora:
+        base_path = find_task_embedding(args.lora)
+        base_embedding = load_task_embedding(base_path) if base_path is not None else None
     bar = tqdm(total=args.steps, unit="step", desc=f"inverting {args.name}", disable=args.quiet)
 
     def progress(step: int, _total: int, loss: float) -> None:
