@@ -263,3 +263,36 @@ def test_caption_grounding_scores_caption_only_scenes(shapes_folder, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["scenes"] == 2 and report["mean_error"] > 0.05  # a random model draws nothing like the scene
     assert report["within_threshold"] == 0.0
+
+
+def test_token_sets_partition_the_diptych():
+    from diptych.shapes.dataset import sample_edit
+    from diptych.shapes.edits import edit_region
+    from diptych.shapes.experiments import token_sets
+
+    local = next(e for i in range(50) if (e := sample_edit("test", i)).task == "recolor")
+    global_ = next(e for i in range(50) if (e := sample_edit("test", i)).task == "invert")
+    sets = token_sets([local, global_], 64, 8)
+    assert all(v.shape == (2, 8, 16) for v in sets.values())
+    assert (sets["source"].astype(int) + sets["kept"] + sets["edited"] == 1).all()  # a partition
+    assert sets["source"][:, :, :8].all() and not sets["source"][:, :, 8:].any()
+    assert sets["edited"][1, :, 8:].all()  # a global edit changes every token of the right panel
+    # a local edit: exactly the tokens holding a pixel of its region, at their place in the right panel
+    region = edit_region(local.edit, 64).reshape(8, 8, 8, 8).any(axis=(1, 3))
+    assert 0 < region.sum() < 64 and np.array_equal(sets["edited"][0, :, 8:], region)
+
+
+def test_region_losses_compare_models_on_the_same_draws(shapes_folder, capsys):
+    base = f"shapes:{shapes_folder}"
+    args = ["shapes", "losses", "--base", base, "--n", "3", "--times", "0.5", "0.9"]
+    assert main([*args, "--adapters", "none", "moe", "--json"]) == 0
+    none, moe = json.loads(capsys.readouterr().out)["reports"]
+    assert [p["t"] for p in none["points"]] == [0.5, 0.9]
+    assert all(p[k] > 0 for p in none["points"] for k in ("source", "kept", "edited"))
+    assert none["points"] != moe["points"]  # the random adapter changes the prediction
+    assert main([*args, "--adapters", "none", "--json"]) == 0  # the same draws: the same numbers
+    assert json.loads(capsys.readouterr().out)["reports"][0] == none
+    assert main([*args, "--adapters", "none"]) == 0
+    assert "| none | 0.9 |" in capsys.readouterr().out
+    assert main(["shapes", "losses", "--base", base, "--n", "1", "--times", "1.5"]) == 2
+    assert "noise levels must lie in [0, 1]" in capsys.readouterr().err

@@ -100,6 +100,21 @@ def test_flow_matching_loss_draws_t_and_noise_per_sample_and_weights_regions(pip
     assert torch.allclose(objective.loss(zero, encoded, *embeds, gens(11, 12), guidance_embeds=True), expected)
 
 
+def test_velocity_error_is_per_token_at_given_times(pipe, embeds):
+    canvas, mask = training_diptych(random_image(16, 16, seed=1), random_image(16, 16, seed=2), PanelSize(16, 16))
+    objective = FlowMatchingObjective(pipe)
+    encoded = objective.encode([canvas, canvas], [mask, mask], gens(1, 2), device=CPU, dtype=torch.float32)
+    right = encoded.mask_tokens > 0.5
+    oracle = Oracle(encoded.x0, right)  # exact on the right panel, zero on the left
+    t = torch.tensor([0.25, 0.75])
+    noise = torch.randn(encoded.x0.shape, generator=torch.Generator().manual_seed(7))
+    error = objective.velocity_error(oracle, encoded, *embeds, t, noise, guidance_embeds=False)
+    assert error.shape == encoded.x0.shape[:2]
+    assert torch.equal(oracle.calls[0]["timestep"], t)
+    assert error[right].max() < 1e-8
+    assert torch.allclose(error[~right], (noise - encoded.x0).pow(2).mean(-1)[~right])
+
+
 def test_a_samples_loss_does_not_depend_on_its_batch(pipe, embeds):
     canvases = [
         training_diptych(random_image(16, 16, seed=s), random_image(16, 16, seed=s + 9), PanelSize(16, 16))

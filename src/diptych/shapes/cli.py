@@ -1,4 +1,5 @@
-"""`diptych shapes make | bench | inversion | drift | demo`: export ShapesEdit data, measure the built-in models."""
+"""`diptych shapes ...`: export ShapesEdit data (`make`), measure the built-in models (`bench`, `inversion`,
+`drift`, `grounding`, `losses`) and show one edit (`demo`)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,23 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     _add_run_options(grounding, progress=False, json_flag=False)
     grounding.set_defaults(func=run_grounding_command)
 
+    losses = sub.add_parser(
+        "losses",
+        help="the training loss on held-out edits split into source, kept and edited tokens (copying vs editing)",
+        epilog=(
+            "example (the bare base, the shipped plain LoRA and LoRA-MoE, side by side):\n"
+            "  diptych shapes losses --adapters none lora moe --n 64 --times 0.3 0.6 0.9"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    losses.add_argument(
+        "--adapters", nargs="+", default=["none", "moe"], help="'none', 'moe', 'lora' or adapter folders/files"
+    )
+    losses.add_argument("--n", type=int, default=64, help="test edits (default 64)")
+    losses.add_argument("--times", type=float, nargs="+", default=[0.3, 0.6, 0.9], help="noise levels t in [0, 1]")
+    _add_run_options(losses, progress=False, steps=False)
+    losses.set_defaults(func=run_losses_command)
+
     demo = sub.add_parser(
         "demo",
         help="edit an example scene with the built-in model and write before/after PNGs (what `make demo` runs)",
@@ -128,10 +146,13 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     return shapes
 
 
-def _add_run_options(parser: argparse.ArgumentParser, *, progress: bool, json_flag: bool = True) -> None:
+def _add_run_options(
+    parser: argparse.ArgumentParser, *, progress: bool, json_flag: bool = True, steps: bool = True
+) -> None:
     """The options every measuring subcommand shares: model, denoising steps, device, seed, output."""
     parser.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
-    parser.add_argument("--steps", type=int, default=28, help="denoising steps per edit (default 28)")
+    if steps:
+        parser.add_argument("--steps", type=int, default=28, help="denoising steps per edit (default 28)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
     if json_flag:
@@ -254,6 +275,25 @@ def run_grounding_command(args: argparse.Namespace) -> int:
 
     report = caption_grounding(args.base, n=args.n, steps=args.steps, seed=args.seed, device=args.device)
     print(json.dumps(report))
+    return 0
+
+
+def run_losses_command(args: argparse.Namespace) -> int:
+    from .experiments import region_losses
+
+    reports = [
+        region_losses(adapter, n=args.n, times=args.times, base=args.base, device=args.device, seed=args.seed)
+        for adapter in args.adapters
+    ]
+    if args.json:
+        print(json.dumps({"reports": reports}))
+        return 0
+    print(f"flow-matching error per token on {args.n} held-out edits (ground-truth diptychs, true task)\n")
+    print("| adapter | t | source panel | kept tokens | edited tokens |\n| --- | --- | --- | --- | --- |")
+    for report in reports:
+        for point in report["points"]:
+            cells = " | ".join(f"{point[k]:.3f}" for k in ("source", "kept", "edited"))
+            print(f"| {report['adapter']} | {point['t']:g} | {cells} |")
     return 0
 
 

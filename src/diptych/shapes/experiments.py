@@ -14,6 +14,9 @@ model grounds its captions.
 - `caption_grounding`: the base Fill model draws held-out scenes from their caption alone (the whole diptych
   masked); the left panel is scored against the render with the success rule's low-pass error. A base that
   cannot do this has no text grounding for edit adapters to build on (docs/shapes.md, Results).
+- `region_losses`: the training objective's error on held-out edits at fixed noise levels, split into the
+  source panel, the tokens of the edited panel the edit keeps, and the tokens it changes: whether a model
+  fails at copying or at editing, without sampling.
 """
 
 from __future__ import annotations
@@ -192,4 +195,90 @@ def caption_grounding(
         "scenes": n,
         "mean_error": float(np.mean(errors)),
         "within_threshold": float(np.mean([e <= T_INSIDE for e in errors])),
+    }
+
+
+def token_sets(examples: Sequence[Any], size: int, cell: int) -> dict[str, np.ndarray]:
+    """Boolean (batch, rows, 2 * rows) masks over a diptych's packed tokens (`cell` pixels square each, in
+    row order): "source" (the left panel), "edited" (right-panel tokens with a pixel in the edit region of
+    `example.edit`) and "kept" (the other right-panel tokens). The three partition the diptych."""
+    grid = size // cell
+    edited = np.zeros((len(examples), grid, 2 * grid), dtype=bool)
+    for i, example in enumerate(examples):
+        region = edit_region(example.edit, size).reshape(grid, cell, grid, cell)
+        edited[i, :, grid:] = region.any(axis=(1, 3))
+    right = np.zeros_like(edited)
+    right[:, :, grid:] = True
+    return {"source": ~right, "kept": right & ~edited, "edited": edited}
+
+
+def region_losses(
+    adapter: str | None = "moe",
+    *,
+    n: int = 64,
+    times: Sequence[float] = (0.3, 0.6, 0.9),
+    base: str = "shapes",
+    batch_size: int = 16,
+    device: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean squared velocity error of the flow-matching objective on `n` held-out test edits (ground-truth
+    diptychs, the ICEdit prompt, the true task when the adapter has task vectors), at each time in `times`,
+    over three sets of tokens: the source panel, the edited panel's tokens with no edited pixel ("kept") and
+    those with one ("edited"). The same noise and VAE draws for every model, so reports compare."""
+    import torch
+
+    from ..canvas import PanelSize
+    from ..editor import Editor
+    from ..emu.tasks import SHAPES_TASKS
+    from ..errors import InputError
+    from ..prompts import build_prompt
+    from ..train.objective import FlowMatchingObjective
+    from ..train.stream import training_diptych
+
+    if not times or any(not 0.0 <= t <= 1.0 for t in times):
+        raise InputError(f"noise levels must lie in [0, 1], got {list(times)}")
+    editor = Editor.from_pretrained(base, adapter=adapter, device=device)
+    objective = FlowMatchingObjective(editor.pipe)
+    transformer = editor.pipe.transformer
+    size, cell = editor.default_width, objective.pixel_multiple
+    cases = [sample_edit("test", i, seed=seed, phrasings="all") for i in range(n)]
+    sums = {t: dict.fromkeys(("source", "kept", "edited"), 0.0) for t in times}
+    counts = dict.fromkeys(("source", "kept", "edited"), 0)
+    for start in range(0, n, batch_size):
+        chunk = cases[start : start + batch_size]
+        layouts = [training_diptych(c.source_image, c.target_image, PanelSize(size, size)) for c in chunk]
+        generators = [torch.Generator().manual_seed(seed * 1_000_003 + start + i) for i in range(len(chunk))]
+        with torch.no_grad():
+            encoded = objective.encode(
+                [canvas for canvas, _ in layouts],
+                [mask for _, mask in layouts],
+                generators,
+                device=transformer.device,
+                dtype=transformer.dtype,
+            )
+            embeds, pooled = editor.encoder.encode([build_prompt(c.instruction) for c in chunk])
+        sets = {k: torch.from_numpy(v.reshape(len(chunk), -1)) for k, v in token_sets(chunk, size, cell).items()}
+        for k, v in sets.items():
+            counts[k] += int(v.sum())
+        tasks = [SHAPES_TASKS[c.task] for c in chunk] if editor.task_embedding is not None else None
+        for t in times:
+            noise = torch.stack([torch.randn(encoded.x0.shape[1:], generator=g) for g in generators])
+            with torch.no_grad(), editor.task_conditioning(tasks):
+                error = objective.velocity_error(
+                    transformer,
+                    encoded,
+                    embeds,
+                    pooled,
+                    torch.full((len(chunk),), float(t)),
+                    noise,
+                    guidance_embeds=bool(transformer.config.guidance_embeds),
+                ).cpu()
+            for k, v in sets.items():
+                sums[t][k] += float(error[v].sum())
+    return {
+        "base": base,
+        "adapter": adapter,
+        "edits": n,
+        "points": [{"t": t, **{k: sums[t][k] / max(counts[k], 1) for k in counts}} for t in times],
     }

@@ -100,9 +100,30 @@ class FlowMatchingObjective:
         guidance_embeds: bool,
     ) -> torch.Tensor:
         """Mean flow-matching loss of the batch (a scalar with a gradient through the transformer)."""
+        t, noise = self.draw(generators, encoded.x0.shape[1:])
+        per_token = self.velocity_error(
+            transformer, encoded, prompt_embeds, pooled_prompt_embeds, t, noise, guidance_embeds=guidance_embeds
+        )
+        if self.loss_region == "all":
+            return per_token.mean()
+        weights = encoded.mask_tokens.to(per_token.device)
+        return (per_token * weights).sum() / weights.sum().clamp_min(1e-8)
+
+    def velocity_error(
+        self,
+        transformer: torch.nn.Module,
+        encoded: EncodedBatch,
+        prompt_embeds: torch.Tensor,
+        pooled_prompt_embeds: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        *,
+        guidance_embeds: bool,
+    ) -> torch.Tensor:
+        """Squared error of the predicted velocity per token, (B, tokens) in fp32, at times `t` (B,) with
+        `noise` shaped like the clean latents."""
         x0 = encoded.x0
         batch, device, dtype = x0.shape[0], x0.device, x0.dtype
-        t, noise = self.draw(generators, x0.shape[1:])
         t, noise = t.to(device=device, dtype=torch.float32), noise.to(device=device, dtype=torch.float32)
         t_b = t.view(batch, 1, 1)
         x_t = ((1 - t_b) * x0.float() + t_b * noise).to(dtype)
@@ -122,11 +143,7 @@ class FlowMatchingObjective:
             img_ids=image_ids,
             return_dict=False,
         )[0]
-        per_token = (velocity.float() - target).pow(2).mean(-1)  # (B, tokens)
-        if self.loss_region == "all":
-            return per_token.mean()
-        weights = encoded.mask_tokens.to(per_token.device)
-        return (per_token * weights).sum() / weights.sum().clamp_min(1e-8)
+        return (velocity.float() - target).pow(2).mean(-1)
 
     @staticmethod
     def draw(generators: Sequence[torch.Generator], shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
