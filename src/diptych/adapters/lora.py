@@ -4,6 +4,7 @@ finding the weights, checking every key against the model before loading, and lo
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -133,5 +134,13 @@ def load_lora(pipe: FluxFillPipeline, state_dict: dict[str, torch.Tensor], *, sc
     if not converted:
         raise WeightsError("the adapter file holds no tensors")
     check_lora_keys(pipe.transformer, converted)
-    pipe.load_lora_weights(converted, adapter_name=ADAPTER_NAME)
+    # Edit adapters hold transformer keys only, checked above: diffusers' warning that the text encoder got
+    # none ("safe to ignore") would be printed on every load.
+    text_lora_log = logging.getLogger("diffusers.loaders.lora_base")
+    level = text_lora_log.level
+    text_lora_log.setLevel(logging.ERROR)
+    try:
+        pipe.load_lora_weights(converted, adapter_name=ADAPTER_NAME)
+    finally:
+        text_lora_log.setLevel(level)
     pipe.set_adapters([ADAPTER_NAME], [scale])
