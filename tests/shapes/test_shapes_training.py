@@ -67,7 +67,7 @@ def test_the_shipped_adapter_recipes_are_valid_configs():
 
     folder = Path(__file__).parents[2] / "examples" / "shapes"
     configs = {p.stem: build_config(p) for p in sorted(folder.glob("*.yaml"))}
-    assert set(configs) == {"moe", "lora", "moe-nobg"}
+    assert set(configs) == {"moe", "lora", "moe-noinvert"}
     assert configs["moe"].adapter == "moe" and configs["moe"].task_embedding and configs["moe"].gate == "learned"
     assert configs["lora"].adapter == "lora" and configs["lora"].rank == 64
-    assert configs["moe-nobg"].data == "runs/shapes-train-nobg"
+    assert configs["moe-noinvert"].data == "runs/shapes-train-noinvert" and configs["moe-noinvert"].task_embedding
