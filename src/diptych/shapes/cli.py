@@ -75,8 +75,8 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         "inversion",
         help="Emu Edit task inversion curve: success on a held-out operation after learning its vector from k examples",
         epilog=(
-            "example (an adapter trained with --task-embedding on data made with --exclude-ops background):\n"
-            "  diptych shapes inversion --adapter runs/shapes-moe-nobg --op background --counts 0 1 10 100"
+            "example (an adapter trained with --task-embedding on data made with --exclude-ops invert):\n"
+            "  diptych shapes inversion --adapter runs/shapes-moe-noinvert --op invert --counts 0 1 10 100"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
