@@ -15,6 +15,7 @@ examples:
   diptych shapes bench --data shapes-test/ --json --variants base moe
   diptych shapes bench --variants moe moe:no-task moe:true-task      # Emu Edit's task ablation
   diptych shapes drift --n 50 --turns 5         # multi-turn drift with and without thresholding
+  diptych shapes losses --adapters none lora moe   # the training error on copied vs edited tokens
 """
 
 
