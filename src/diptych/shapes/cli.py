@@ -280,7 +280,7 @@ def run_grounding_command(args: argparse.Namespace) -> int:
 
 
 def run_losses_command(args: argparse.Namespace) -> int:
-    from .experiments import region_losses
+    from .experiments import TOKEN_SETS, region_losses
 
     reports = [
         region_losses(adapter, n=args.n, times=args.times, base=args.base, device=args.device, seed=args.seed)
@@ -293,7 +293,7 @@ def run_losses_command(args: argparse.Namespace) -> int:
     print("| adapter | t | source panel | kept tokens | edited tokens |\n| --- | --- | --- | --- | --- |")
     for report in reports:
         for point in report["points"]:
-            cells = " | ".join(f"{point[k]:.3f}" for k in ("source", "kept", "edited"))
+            cells = " | ".join(f"{point[k]:.3f}" for k in TOKEN_SETS)
             print(f"| {report['adapter']} | {point['t']:g} | {cells} |")
     return 0
 

@@ -31,6 +31,9 @@ from .dataset import sample_edit
 from .edits import Edit, as_unit_rgb, edit_region, get_op, judge_edit
 from .world import render
 
+#: The token sets of `token_sets` and `region_losses`, in report order.
+TOKEN_SETS: tuple[str, ...] = ("source", "kept", "edited")
+
 #: Operations that leave part of the picture untouched (drift is measured on that part).
 LOCAL_OPS: tuple[str, ...] = ("recolor", "reshape", "remove", "add", "move", "resize")
 
@@ -243,8 +246,8 @@ def region_losses(
     transformer = editor.pipe.transformer
     size, cell = editor.default_width, objective.pixel_multiple
     cases = [sample_edit("test", i, seed=seed, phrasings="all") for i in range(n)]
-    sums = {t: dict.fromkeys(("source", "kept", "edited"), 0.0) for t in times}
-    counts = dict.fromkeys(("source", "kept", "edited"), 0)
+    sums = {t: dict.fromkeys(TOKEN_SETS, 0.0) for t in times}
+    counts = dict.fromkeys(TOKEN_SETS, 0)
     for start in range(0, n, batch_size):
         chunk = cases[start : start + batch_size]
         layouts = [training_diptych(c.source_image, c.target_image, PanelSize(size, size)) for c in chunk]
