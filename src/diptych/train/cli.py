@@ -107,6 +107,21 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--template", help="prompt template: icedit (default), paper, comfyui or a {instruction} string")
     data.add_argument("--loss-region", choices=("all", "right"), help="all tokens (official) or the right half")
     data.add_argument("--max-sequence-length", type=int, help="T5 tokens (default 512)")
+    data.add_argument(
+        "--loss-weighting",
+        choices=("none", "edit"),
+        help="'edit': weight each token by the share of its pixels the edit changes (the sample's mask, or "
+        "the dilated |target - source| where there is none); default none",
+    )
+    data.add_argument("--edit-weight", type=float, help="weight of a fully edited token (default 10)")
+    data.add_argument(
+        "--timestep-shift", type=float, help="shift training times toward noise, t -> s t / (1 + (s-1) t) (default 1)"
+    )
+    data.add_argument(
+        "--cache-dir",
+        help="cache frozen encodings (VAE posteriors, prompt embeddings) here, keyed by content; reused across "
+        "epochs, resumed runs and other runs on the same data",
+    )
 
     run = parser.add_argument_group("checkpoints, validation, logging")
     run.add_argument("--seed", type=int, help="default 42")

@@ -35,6 +35,8 @@ _FLOAT_FIELDS = (
     "ema_decay",
     "prompt_dropout",
     "validation_guidance",
+    "edit_weight",
+    "timestep_shift",
 )
 
 
@@ -89,6 +91,10 @@ class TrainConfig:
     prompt_dropout: float = 0.1
     template: str | None = None
     loss_region: str = "all"
+    loss_weighting: str = "none"  # "edit": tokens weighted by the sample's edit mask (objective.py)
+    edit_weight: float = 10.0  # weight of a fully edited token under loss_weighting "edit"
+    timestep_shift: float = 1.0  # > 1 samples training times toward high noise (t -> s t / (1 + (s - 1) t))
+    cache_dir: str | None = None  # frozen encodings (VAE posteriors, prompt embeddings) cached here (cache.py)
     max_sequence_length: int = 512
     text_cache_size: int = 256  # prompts kept encoded (FLUX: ~4 MB each in bf16 at 512 tokens)
     # bookkeeping
@@ -130,6 +136,13 @@ class TrainConfig:
         _choice(self, "gate", ("official", "learned"))
         _choice(self, "dispatch", ("dense", "sparse"))
         _choice(self, "loss_region", ("all", "right"))
+        _choice(self, "loss_weighting", ("none", "edit"))
+        for name in ("edit_weight", "timestep_shift"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.edit_weight < 1:
+            raise ConfigError(f"edit_weight must be at least 1 (1 = no weighting), got {self.edit_weight}")
         if not isinstance(self.task_embedding, bool):
             raise ConfigError(f"task_embedding must be true or false, got {self.task_embedding!r}")
         for name in ("max_steps", "rank", "num_experts", "top_k", "batch_size", "grad_accum", "log_every"):

@@ -4,10 +4,15 @@ For a canvas x (source left, target right) and its right-half mask, as the offic
 - x0 = VAE latents of the canvas (a posterior sample, shifted and scaled, packed 2x2);
 - the condition = the latents of the masked canvas (right half zeroed) and the packed pixel mask,
   built with the pipeline's own `prepare_mask_latents`, exactly as sampling builds it;
-- t = sigmoid(n), n ~ N(0, 1) per sample; x_t = (1 - t) x0 + t noise; target velocity = noise - x0;
+- t = sigmoid(n), n ~ N(0, 1) per sample (optionally shifted toward noise, `timestep_shift`, as SD3 and
+  FLUX shift their sampling schedules: t -> s t / (1 + (s - 1) t)); x_t = (1 - t) x0 + t noise; target
+  velocity = noise - x0;
 - the transformer sees cat(x_t, condition) with timestep t (in [0, 1], as the sampler passes
   timestep / 1000) and guidance 1.0 if it has a guidance embedding;
-- loss = MSE over all tokens (`loss_region="all"`, official) or over the masked (right) half only.
+- loss = MSE over all tokens (`loss_region="all"`, official) or over the masked (right) half only;
+  `loss_weighting="edit"` weights each token by 1 + (edit_weight - 1) x the share of its pixels that the
+  edit changes (the sample's edit mask, placed on the target panel), so that the few tokens an edit
+  changes are not drowned by the many it copies (a recolor changes ~7% of the canvas's tokens).
 
 Every random draw of a sample (VAE posteriors, t, noise) comes from that sample's own generator, so
 a sample's loss does not depend on which batch or process it lands in.
@@ -20,9 +25,13 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import FluxFillPipeline
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
+from .cache import LatentCache
+
 LOSS_REGIONS: tuple[str, ...] = ("all", "right")
+LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "edit")
 
 
 @dataclass
@@ -34,17 +43,34 @@ class EncodedBatch:
     mask_tokens: torch.Tensor  # (B, tokens): share of each token's pixels that are masked (to generate)
     latent_height: int
     latent_width: int
+    edit_tokens: torch.Tensor | None = None  # (B, tokens): share of each token's pixels the edit changes
 
 
 class FlowMatchingObjective:
     """Computes the training loss of a Fill transformer on diptych canvases (see the module docstring)."""
 
-    def __init__(self, pipe: FluxFillPipeline, *, loss_region: str = "all", guidance: float = 1.0):
+    def __init__(
+        self,
+        pipe: FluxFillPipeline,
+        *,
+        loss_region: str = "all",
+        guidance: float = 1.0,
+        loss_weighting: str = "none",
+        edit_weight: float = 10.0,
+        timestep_shift: float = 1.0,
+    ):
         if loss_region not in LOSS_REGIONS:
             raise ValueError(f"loss_region must be one of {', '.join(LOSS_REGIONS)}, got {loss_region!r}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {loss_weighting!r}")
+        if not edit_weight >= 1 or not timestep_shift > 0:
+            raise ValueError(f"edit_weight must be >= 1 and timestep_shift > 0, got {edit_weight}, {timestep_shift}")
         self.pipe = pipe
         self.loss_region = loss_region
         self.guidance = guidance
+        self.loss_weighting = loss_weighting
+        self.edit_weight = edit_weight
+        self.timestep_shift = timestep_shift
 
     @property
     def pixel_multiple(self) -> int:
@@ -60,8 +86,13 @@ class FlowMatchingObjective:
         *,
         device: torch.device,
         dtype: torch.dtype,
+        cache: LatentCache | None = None,
+        edit_masks: Sequence[Image.Image] | None = None,
     ) -> EncodedBatch:
-        """VAE-encode canvases and masked canvases, and pack them as the Fill pipeline does."""
+        """VAE-encode canvases and masked canvases, sample their posteriors and pack them as the Fill
+        pipeline does. With a `cache`, posteriors already there are read instead of encoded (the draws
+        from them are the same either way). `edit_masks` (canvas-sized, white = changed by the edit) give
+        `edit_tokens`, which `loss_weighting="edit"` needs."""
         pipe = self.pipe
         width, height = canvases[0].size
         if any(c.size != (width, height) for c in canvases):
@@ -72,22 +103,48 @@ class FlowMatchingObjective:
         batch, lc = len(canvases), pipe.vae.config.latent_channels
         lat_h, lat_w = 2 * (height // m), 2 * (width // m)
         gens = list(generators)
-
         vae = pipe.vae
-        init = pipe.image_processor.preprocess(list(canvases), height=height, width=width)
-        init = init.to(device=device, dtype=vae.dtype)
-        posterior = vae.encode(init).latent_dist
-        latents = posterior.sample(generator=gens)
+        fill = pipe.mask_processor.preprocess(list(fill_masks), height=height, width=width).to(device)
+
+        keys = cache.keys(canvases, fill_masks) if cache is not None else [None] * batch
+        found = [cache.get(k) if cache is not None else None for k in keys]
+        todo = [i for i, hit in enumerate(found) if hit is None]
+        if todo:
+            canvas_params, masked_params = self.posteriors([canvases[i] for i in todo], fill[todo], device=device)
+            for j, i in enumerate(todo):
+                found[i] = (canvas_params[j], masked_params[j])
+                if cache is not None:
+                    cache.put(keys[i], canvas_params[j], masked_params[j])
+        canvas_dist = DiagonalGaussianDistribution(torch.stack([f[0] for f in found]).to(device, vae.dtype))
+        masked_dist = DiagonalGaussianDistribution(torch.stack([f[1] for f in found]).to(device, vae.dtype))
+
+        latents = canvas_dist.sample(generator=gens)
         latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
         x0 = pipe._pack_latents(latents.to(dtype), batch, lc, lat_h, lat_w)
-
-        fill = pipe.mask_processor.preprocess(list(fill_masks), height=height, width=width)
-        masked = (init.float() * (1 - fill.to(device))).to(vae.dtype)
+        # Given latents (lc channels) rather than pixels, the pipeline's own mask preparation skips its
+        # encode and only shifts, scales and packs them, and packs the mask.
         mask, masked_latents = pipe.prepare_mask_latents(
-            fill.to(device), masked, batch, lc, 1, height, width, dtype, device, gens
+            fill, masked_dist.sample(generator=gens), batch, lc, 1, height, width, dtype, device, gens
         )
         condition = torch.cat((masked_latents, mask), dim=-1)
-        return EncodedBatch(x0, condition, mask.float().mean(-1), lat_h, lat_w)
+        edit_tokens = None
+        if edit_masks is not None:
+            pixels = pipe.mask_processor.preprocess(list(edit_masks), height=height, width=width).to(device)
+            edit_tokens = torch.nn.functional.avg_pool2d(pixels.float(), m).flatten(1)  # tokens in packing order
+        return EncodedBatch(x0, condition, mask.float().mean(-1), lat_h, lat_w, edit_tokens)
+
+    @torch.no_grad()
+    def posteriors(
+        self, canvases: Sequence[Image.Image], fill: torch.Tensor, *, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posteriors' parameters (mean and log-variance, (B, 2 lc, h, w)) of the canvases and of the
+        canvases with the Fill region (`fill`, preprocessed masks) zeroed."""
+        pipe, vae = self.pipe, self.pipe.vae
+        width, height = canvases[0].size
+        init = pipe.image_processor.preprocess(list(canvases), height=height, width=width)
+        init = init.to(device=device, dtype=vae.dtype)
+        masked = (init.float() * (1 - fill.to(device))).to(vae.dtype)
+        return vae.encode(init).latent_dist.parameters, vae.encode(masked).latent_dist.parameters
 
     def loss(
         self,
@@ -100,14 +157,23 @@ class FlowMatchingObjective:
         guidance_embeds: bool,
     ) -> torch.Tensor:
         """Mean flow-matching loss of the batch (a scalar with a gradient through the transformer)."""
-        t, noise = self.draw(generators, encoded.x0.shape[1:])
+        t, noise = self.draw(generators, encoded.x0.shape[1:], shift=self.timestep_shift)
         per_token = self.velocity_error(
             transformer, encoded, prompt_embeds, pooled_prompt_embeds, t, noise, guidance_embeds=guidance_embeds
         )
-        if self.loss_region == "all":
-            return per_token.mean()
-        weights = encoded.mask_tokens.to(per_token.device)
+        weights = self.token_weights(encoded).to(per_token.device)
         return (per_token * weights).sum() / weights.sum().clamp_min(1e-8)
+
+    def token_weights(self, encoded: EncodedBatch) -> torch.Tensor:
+        """(B, tokens) weights of the per-token errors in the loss (see the module docstring)."""
+        weights = torch.ones_like(encoded.mask_tokens, dtype=torch.float32)
+        if self.loss_region == "right":
+            weights = encoded.mask_tokens.float()
+        if self.loss_weighting == "edit":
+            if encoded.edit_tokens is None:
+                raise ValueError("loss_weighting='edit' needs the batch's edit masks (encode(..., edit_masks=...))")
+            weights = weights * (1 + (self.edit_weight - 1) * encoded.edit_tokens.to(weights.device))
+        return weights
 
     def velocity_error(
         self,
@@ -146,11 +212,16 @@ class FlowMatchingObjective:
         return (velocity.float() - target).pow(2).mean(-1)
 
     @staticmethod
-    def draw(generators: Sequence[torch.Generator], shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(
+        generators: Sequence[torch.Generator], shape: torch.Size, *, shift: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sample, from its own generator (on the CPU, so every device draws the same numbers):
-        t = sigmoid(n) with n ~ N(0, 1), then the noise of `shape`."""
+        t = sigmoid(n) with n ~ N(0, 1), shifted as t -> s t / (1 + (s - 1) t), then the noise of `shape`."""
         ts, noises = [], []
         for gen in generators:
             ts.append(torch.sigmoid(torch.randn((), generator=gen)))
             noises.append(torch.randn(tuple(shape), generator=gen))
-        return torch.stack(ts), torch.stack(noises)
+        t = torch.stack(ts)
+        if shift != 1.0:
+            t = shift * t / (1 + (shift - 1) * t)
+        return t, torch.stack(noises)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops, ImageFilter
 
 from ..canvas import PanelSize, compose_diptych
 from ..errors import InputError
@@ -46,6 +46,7 @@ class TrainItem:
     position: int
     index: int
     task: str | None = None
+    edit_mask: Image.Image | None = None  # canvas-sized, white = what the edit changes (loss weighting)
 
 
 # ------------------------------------------------------------------------------------------- sizing
@@ -91,6 +92,26 @@ def fit_stretch(image: Image.Image, panel: PanelSize) -> Image.Image:
     if image.size == (panel.width, panel.height):
         return image
     return image.resize((panel.width, panel.height), Image.Resampling.BICUBIC)
+
+
+#: |target - source| above this (0..255, any channel) counts as changed when a sample has no edit mask.
+CHANGE_THRESHOLD = 24
+
+
+def edit_mask_canvas(sample: EditSample, panel: PanelSize, *, cover: bool = False) -> Image.Image:
+    """The canvas-sized edit mask of a sample, white where the target panel changes: the sample's own mask
+    if it has one, else |target - source| above `CHANGE_THRESHOLD` dilated by about 1/32 of the panel
+    (data such as OmniEdit comes without masks)."""
+    fit = fit_cover if cover else fit_stretch
+    if sample.mask is not None:
+        mask = fit(sample.mask.convert("L"), panel)
+    else:
+        diff = ImageChops.difference(fit(sample.source, panel), fit(sample.target, panel))
+        changed = Image.fromarray((np.asarray(diff).max(axis=2) > CHANGE_THRESHOLD).astype(np.uint8) * 255)
+        mask = changed.filter(ImageFilter.MaxFilter(2 * max(1, panel.width // 64) + 1))
+    canvas = Image.new("L", (2 * panel.width, panel.height), 0)
+    canvas.paste(mask, (panel.width, 0))
+    return canvas
 
 
 def training_diptych(
@@ -149,6 +170,7 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
         on_skip: Callable[[str], None] | None = None,
+        edit_masks: bool = False,
     ):
         if (panel is None) == (buckets is None):
             raise ValueError("give exactly one of panel (fixed size) or buckets (aspect-ratio bucketing)")
@@ -167,6 +189,7 @@ class BatchStream:
         self.prompt_dropout = prompt_dropout
         self.rank, self.world_size = rank, world_size
         self.on_skip = on_skip
+        self.edit_masks = edit_masks
         self.epoch = 0
         self.lane = 0  # samples of this process's lane consumed in the current epoch
         self.pending: dict[int, list[TrainItem]] = {}
@@ -234,7 +257,8 @@ class BatchStream:
         drop = np.random.default_rng(seed_sequence(self.seed, epoch, position, 1)).random() < self.prompt_dropout
         prompt = DROPPED_PROMPT if drop else build_prompt(sample.instruction, self.template)
         seed = sample_seed(self.seed, epoch, position)
-        return TrainItem(canvas, mask, prompt, seed, epoch, position, index, sample.task)
+        edit_mask = edit_mask_canvas(sample, self.buckets[bucket], cover=self.cover) if self.edit_masks else None
+        return TrainItem(canvas, mask, prompt, seed, epoch, position, index, sample.task, edit_mask)
 
     def _next_item(self) -> tuple[TrainItem, int]:
         while True:

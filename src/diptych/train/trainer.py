@@ -125,8 +125,20 @@ class Trainer:
             self.encoder = FluxPromptEncoder(
                 pipe, max_sequence_length=cfg.max_sequence_length, cache_size=cfg.text_cache_size
             )
-        self.objective = FlowMatchingObjective(pipe, loss_region=cfg.loss_region)
+        self.objective = FlowMatchingObjective(
+            pipe,
+            loss_region=cfg.loss_region,
+            loss_weighting=cfg.loss_weighting,
+            edit_weight=cfg.edit_weight,
+            timestep_shift=cfg.timestep_shift,
+        )
         _check_resolution(cfg.resolution, self.objective.pixel_multiple)
+        self.latent_cache = None
+        if cfg.cache_dir:
+            from .cache import CachedPromptEncoder, LatentCache, prompt_encoder_fingerprint
+
+            self.latent_cache = LatentCache(cfg.cache_dir, pipe.vae)
+            self.encoder = CachedPromptEncoder(self.encoder, cfg.cache_dir, prompt_encoder_fingerprint(self.encoder))
         self._setup_data()
         self._setup_model()
 
@@ -146,6 +158,7 @@ class Trainer:
             prompt_dropout=cfg.prompt_dropout,
             rank=acc.process_index,
             world_size=acc.num_processes,
+            edit_masks=cfg.loss_weighting == "edit",
         )
         # Decided the same way on every process: validation ends in a barrier all of them must reach.
         self._validating = self.validation is not None or cfg.num_validation > 0
@@ -305,6 +318,8 @@ class Trainer:
             generators,
             device=acc.device,
             dtype=self.weight_dtype,
+            cache=self.latent_cache,
+            edit_masks=[item.edit_mask for item in batch] if self.stream.edit_masks else None,
         )
         embeds, pooled = self.encoder.encode([item.prompt for item in batch])
         with acc.autocast(), self._task_context(batch):
@@ -340,6 +355,9 @@ class Trainer:
         record["skipped"] = int(acc.reduce(skipped, reduction="sum").item())
         if self.config.adapter == "moe":
             record.update(self._routing_record())
+        if self.latent_cache is not None:
+            store = self.latent_cache.store
+            record["cache_hit_rate"] = round(store.hits / max(1, store.hits + store.misses), 4)
         self._metrics.write(record)
 
     def _routing_record(self) -> dict[str, Any]:
@@ -362,6 +380,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write `checkpoints/ckpt-<step>/` atomically; returns its path (None on other processes)."""
         acc, root = self.accelerator, self.config.checkpoint_dir
+        self._flush_cache()
         tmp = root / f"ckpt-{self.step}.tmp"
         if self.is_main:
             ckpt.begin(root, self.step)
@@ -390,6 +409,12 @@ class Trainer:
             ckpt.prune(root, self.config.keep_checkpoints)
         acc.wait_for_everyone()
         return final
+
+    def _flush_cache(self) -> None:
+        """Write the encodings cached since the last flush (each process its own shards)."""
+        if self.latent_cache is not None:
+            self.latent_cache.flush()
+            self.encoder.flush()
 
     def _raw_optimizer(self) -> torch.optim.Optimizer:
         return getattr(self.optimizer, "optimizer", self.optimizer)
