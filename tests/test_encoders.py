@@ -52,3 +52,27 @@ def test_minilm_encode_embeds_only_new_prompts_in_one_forward_and_bounds_its_cac
     assert len(encoder._cache) == 3 and "a" not in encoder._cache  # least recently used goes first
     big, _ = encoder.encode(["w", "x", "y", "z"])  # a batch larger than the cache is still returned whole
     assert big.shape[0] == 4
+
+
+def test_instruction_pooling_averages_only_the_instruction_tokens():
+    import pytest
+    import torch
+
+    from diptych.prompts import build_prompt
+
+    prompt_pool = MiniLMPromptEncoder.from_pretrained(max_length=48)
+    instr_pool = MiniLMPromptEncoder.from_pretrained(max_length=48, pooling="instruction")
+    prompts = [build_prompt("make the circle red"), build_prompt("remove the blue square"), "a red circle"]
+    tokens_a, pooled_a = prompt_pool.embed(prompts)
+    tokens_b, pooled_b = instr_pool.embed(prompts)
+    assert torch.equal(tokens_a, tokens_b)  # the token states do not change
+    assert torch.allclose(pooled_a[2], pooled_b[2])  # a caption has no template: pooled over all of it
+    # by hand: the mean of the instruction's tokens and [SEP] of the templated forward
+    n = len(instr_pool.tokenizer(build_prompt("make the circle red"))["input_ids"])
+    skip = 1 + len(instr_pool.tokenizer(build_prompt(""), add_special_tokens=False)["input_ids"])
+    expected = torch.nn.functional.normalize(tokens_a[0, skip:n].mean(0), dim=-1)
+    assert torch.allclose(pooled_b[0], expected, atol=1e-6)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(pooled_b[0], pooled_b[1], dim=0) < cos(pooled_a[0], pooled_a[1], dim=0) - 0.2  # told apart
+    with pytest.raises(ValueError, match="pooling"):
+        MiniLMPromptEncoder.from_pretrained(pooling="mean")

