@@ -8,7 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_options import add_threads_option, is_builtin_base
 from .errors import DiptychError, InputError
+
+DEFAULT_EARLY_STEPS = 10  # the paper's: 10 early steps per candidate (clamped to --steps when not given)
 
 EDIT_EXAMPLES = """\
 examples:
@@ -18,9 +21,15 @@ examples:
   diptych edit room.png -i "add a plant" -i "make the walls blue" -i "remove the lamp" -o out.png
   diptych edit cat.png "make it snow" -o snow.png --candidates 6 --early-steps 10 \
       --judge "vlm:http://localhost:8000/v1?model=Qwen/Qwen2.5-VL-72B-Instruct" --save-candidates cands/
+  diptych edit scene.png "make the circle red" -o out.png --base shapes --candidates 4 --threads 1
+
+the built-in ShapesEdit model (--base shapes) works offline: 64-px panels (widths: multiples of 8; FLUX:
+multiples of 16), its LoRA-MoE adapter and task embedding, and its own judge (--judge shapes, the default
+with --candidates). --threads N caps torch's CPU threads: give each job its share when several share a machine.
 
 batch files hold one JSON object per line; paths are relative to the file:
   {"image": "cat.png", "instruction": "make it snow", "seed": 7, "mask": "m.png", "output": "snow.png"}
+without "output" a result is named after its source (cat.jpg -> cat.png; repeats: cat-2.png, cat-3.png).
 finished outputs are skipped when the command is run again (use --overwrite to redo them).
 """
 
@@ -55,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--overwrite", action="store_true", help="redo batch items whose output exists")
 
     model = edit.add_argument_group("model")
-    model.add_argument("--base", default=None, help="Fill model: hub id or local diffusers folder")
+    model.add_argument(
+        "--base",
+        default=None,
+        help="Fill model: hub id or local diffusers folder (default black-forest-labs/FLUX.1-Fill-dev), or shapes: "
+        "the built-in ShapesEdit model (offline, 64-px panels)",
+    )
     model.add_argument("--lora", default=None, help="adapter: .safetensors file, folder or hub id")
     model.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (default 1.0)")
     model.add_argument(
@@ -85,12 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU offload to save GPU memory (model: fits 24 GB cards)",
     )
     model.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+    add_threads_option(model)
 
     sampling = edit.add_argument_group("sampling")
     sampling.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     sampling.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
     sampling.add_argument("--guidance", type=float, default=50.0, help="guidance scale (default 50)")
-    sampling.add_argument("--width", type=int, default=None, help="panel width in pixels (default 512)")
+    sampling.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="panel width in pixels: a multiple of 16 for FLUX, of 8 for the built-in model (default: 512; 64 "
+        "for the built-in model)",
+    )
     sampling.add_argument("--max-pixels", type=int, default=None, help="canvas pixel budget (2W x H)")
     sampling.add_argument(
         "--template",
@@ -109,11 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--save-turns", metavar="DIR", help="write the image after every turn")
     scaling = edit.add_argument_group("early filter (inference-time scaling)")
     scaling.add_argument("--candidates", type=int, default=1, help="seeds to try (default 1: no filter)")
-    scaling.add_argument("--early-steps", type=int, default=10, help="steps per candidate before judging")
+    scaling.add_argument(
+        "--early-steps",
+        type=int,
+        default=None,
+        help=f"steps per candidate before judging (default {DEFAULT_EARLY_STEPS}, or --steps if fewer)",
+    )
     scaling.add_argument(
         "--judge",
         default=None,
-        help="judge spec: clip[:PATH], vlm:URL?model=NAME, local-vlm:PATH, python:module:function",
+        help="judge spec: shapes (the built-in model's learned judge, offline; the default with --base shapes), "
+        "vlm:URL?model=NAME, local-vlm:PATH, clip[:PATH] (the hub id needs the network or the HF cache), "
+        "python:module:function",
     )
     scaling.add_argument(
         "--strategy",
@@ -124,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--swap", action="store_true", help="ask pairwise judges both orders (position bias)")
     scaling.add_argument("--save-candidates", metavar="DIR", help="write previews and the judge's choices here")
     edit.add_argument("--save-diptych", metavar="PATH", help="also write the before/after pair side by side")
-    edit.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    edit.add_argument("-q", "--quiet", action="store_true", help="no progress bars (weight loading included)")
     edit.set_defaults(func=run_edit)
 
     export = sub.add_parser(
@@ -170,9 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_guarded(func, args: argparse.Namespace) -> int:
-    """Run a command; a `DiptychError` becomes one line on stderr and exit code 2."""
+    """Run a command (with its `--threads` and `-q` applied); a `DiptychError` becomes one line on stderr and
+    exit code 2."""
+    from .cli_options import common_options
+
     try:
-        return func(args)
+        with common_options(args):
+            return func(args)
     except DiptychError as err:
         print(f"diptych: error: {err}", file=sys.stderr)
         return 2
@@ -190,7 +222,11 @@ def run_edit(args: argparse.Namespace) -> int:
             raise InputError("--batch needs --out-dir DIR for the results")
         jobs = read_batch(Path(args.batch), Path(args.out_dir), overwrite=args.overwrite)
     else:
-        args.turns = ([args.instruction] if args.instruction else []) + args.turns
+        args.turns = ([args.instruction] if args.instruction is not None else []) + args.turns
+        from .images import validate_instruction
+
+        for turn in args.turns:
+            validate_instruction(turn)  # an empty "" is named as such, not answered with the usage line
         if not (args.image and args.turns and args.output):
             raise InputError('usage: diptych edit IMAGE "instruction" -o OUT.png (or --batch JSONL --out-dir DIR)')
         jobs = [BatchJob(args.image, t, args.seed, args.mask, Path(args.output), line=0) for t in args.turns]
@@ -208,13 +244,20 @@ def run_edit(args: argparse.Namespace) -> int:
         except DiptychError as err:
             raise type(err)(f"{where}{err}") from err
     judge = None
+    if args.early_steps is None:  # the default never exceeds --steps; an explicit value is checked below
+        args.early_steps = min(DEFAULT_EARLY_STEPS, args.steps)
     if args.candidates > 1:
         if args.batch:
             raise InputError("--candidates works on single edits; run them one by one for now")
+        if not args.judge and is_builtin_base(args.base):
+            args.judge = "shapes"  # the built-in model's own judge ships with it: no download
         if not args.judge:
-            raise InputError("--candidates needs --judge, e.g. --judge clip or --judge python:mymodule:score")
+            raise InputError(
+                "--candidates needs --judge: e.g. --judge vlm:URL?model=NAME, --judge clip (CLIP from the hub or "
+                "its cache), --judge python:mymodule:score (--base shapes uses its own judge by default)"
+            )
         if not 1 <= args.early_steps <= args.steps:
-            raise InputError(f"--early-steps must be between 1 and --steps ({args.steps})")
+            raise InputError(f"--early-steps {args.early_steps} must be between 1 and --steps ({args.steps})")
         from .scaling.spec import load_judge
 
         judge = load_judge(args.judge)
@@ -425,10 +468,14 @@ class BatchJob:
 
 
 def read_batch(path: Path, out_dir: Path, *, overwrite: bool = False) -> list[BatchJob]:
-    """Parse a JSONL batch; relative paths are relative to the file. Lines whose output exists are skipped."""
+    """Parse a JSONL batch; relative paths are relative to the file. Lines whose output exists are skipped.
+
+    A line without "output" is named after its source image's file stem (`cat.jpg` -> `cat.png`); when that
+    name is taken, by an explicit output or an earlier line, `-2`, `-3`, ... is added (`cat-2.png`).
+    """
     if not path.is_file():
         raise InputError(f"batch file {path} does not exist")
-    jobs: list[BatchJob] = []
+    rows: list[tuple[int, dict]] = []
     allowed = {"image", "instruction", "seed", "mask", "output"}
     for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not text.strip():
@@ -444,16 +491,24 @@ def read_batch(path: Path, out_dir: Path, *, overwrite: bool = False) -> list[Ba
         seed = row.get("seed", 42)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise InputError(f"{path} line {number}: seed must be an integer")
-        name = row.get("output", f"{number:05d}.png")
-        if not isinstance(name, str) or Path(name).name != name or name in {"", ".", ".."}:
-            raise InputError(f"{path} line {number}: output must be a plain file name, got {name!r}")
+        if not isinstance(row["image"], str) or not row["image"].strip():
+            raise InputError(f"{path} line {number}: image must be a path")
+        if "output" in row:
+            name = row["output"]
+            if not isinstance(name, str) or Path(name).name != name or name in {"", ".", ".."}:
+                raise InputError(f"{path} line {number}: output must be a plain file name, got {name!r}")
         if not isinstance(row["instruction"], str):
             raise InputError(f"{path} line {number}: instruction must be a string")
+        rows.append((number, row))
+    taken = {row["output"] for _, row in rows if "output" in row}
+    jobs: list[BatchJob] = []
+    for number, row in rows:
+        name = row.get("output") or _free_name(Path(row["image"]).stem or f"{number:05d}", taken)
         mask = row.get("mask")
         job = BatchJob(
             image=str(path.parent / row["image"]),
             instruction=row["instruction"],
-            seed=seed,
+            seed=row.get("seed", 42),
             mask=str(path.parent / mask) if mask else None,
             output=out_dir / name,
             line=number,
@@ -461,6 +516,16 @@ def read_batch(path: Path, out_dir: Path, *, overwrite: bool = False) -> list[Ba
         if overwrite or not job.output.exists():
             jobs.append(job)
     return jobs
+
+
+def _free_name(stem: str, taken: set[str]) -> str:
+    """`stem.png`, or `stem-2.png`, `stem-3.png`, ... : the first not in `taken` (which it joins)."""
+    name, count = f"{stem}.png", 1
+    while name in taken:
+        count += 1
+        name = f"{stem}-{count}.png"
+    taken.add(name)
+    return name
 
 
 def _check_outputs(jobs: list[BatchJob]) -> None:

@@ -20,8 +20,10 @@ from PIL import Image
 
 from . import canvas as cv
 from .adapters.load import load_adapter
+from .adapters.lora import check_adapter_hub_access
 from .encoders import FluxPromptEncoder, PromptEncoder
 from .errors import InputError, WeightsError
+from .hub import check_hub_access
 from .images import load_image, load_mask, validate_instruction
 from .prompts import build_prompt, resolve_template
 from .sampler import FillSampler, FillState
@@ -144,11 +146,22 @@ class Editor:
                 base, adapter, adapter_scale=adapter_scale, device=device, dtype=dtype, moe_dispatch=moe_dispatch
             )
         _check_base_exists(base)
-        transformer_cfg = _load_config(FluxTransformer2DModel, base, "transformer", local_files_only)
-        vae_cfg = _load_config(AutoencoderKL, base, "vae", local_files_only)
+        base_local_only = check_hub_access(
+            base,
+            what="the base model",
+            fix=(
+                "FLUX.1 Fill dev is gated: accept its licence on the hub page, log in (`huggingface-cli login`), "
+                f"then `huggingface-cli download {base}`; or pass a local folder with --base"
+            ),
+            local_files_only=local_files_only,
+        )
+        if adapter is not None and not Path(adapter).exists():  # a hub id: fail before the base loads, not after
+            check_adapter_hub_access(adapter, local_files_only=local_files_only)
+        transformer_cfg = _load_config(FluxTransformer2DModel, base, "transformer", base_local_only)
+        vae_cfg = _load_config(AutoencoderKL, base, "vae", base_local_only)
         check_fill_transformer(transformer_cfg, vae_cfg, where=base)
         try:
-            pipe = FluxFillPipeline.from_pretrained(base, torch_dtype=dtype, local_files_only=local_files_only)
+            pipe = FluxFillPipeline.from_pretrained(base, dtype=dtype, local_files_only=base_local_only)
         except (OSError, ValueError) as err:
             raise WeightsError(f"cannot load the pipeline from {base}: {err}") from err
         for module in pipe.components.values():
@@ -184,7 +197,9 @@ class Editor:
         if adapter_path is not None:
             adapter_kind = load_adapter(pipe, adapter_path, scale=adapter_scale, moe_dispatch=moe_dispatch)
         pipe.to(device)
-        encoder = MiniLMPromptEncoder.from_pretrained(max_length=shapes_models.TEXT_TOKENS, device=device)
+        encoder = MiniLMPromptEncoder.from_pretrained(
+            max_length=shapes_models.TEXT_TOKENS, device=device, **shapes_models.text_encoder_options(folder)
+        )
         editor = cls(pipe, encoder=encoder, default_width=shapes_models.PANEL)
         editor.adapter_kind = adapter_kind
         if adapter_kind is not None:

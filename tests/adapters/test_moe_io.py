@@ -154,18 +154,21 @@ def test_unknown_and_misshaped_keys_are_refused_with_a_list(tiny_transformer):
     with pytest.raises(WeightsError) as info:
         load_moe_adapter(tiny_transformer, sd)
     message = str(info.value)
-    assert "3 problem(s)" in message
-    assert "transformer.transformer_blocks.7.ff.net.2.lora_route.weight: this transformer has no module" in message
-    assert "lora_B.expert_1.weight: expected shape (32, 8), got (31, 8)" in message
-    assert "proj_out.lora_route.weight: expected shape (4, 160), got (5, 160)" in message
+    # One short line: the count, the first problem in full, the next keys by name.
+    assert (
+        "mismatched keys: 3, first transformer_blocks.0.ff.net.2.lora_B.expert_1.weight: expected shape (32, 8), "
+        "got (31, 8); then single_transformer_blocks.0.proj_out.lora_route.weight, "
+        "transformer_blocks.7.ff.net.2.lora_route.weight."
+    ) in message
+    assert len(message) < 330
     assert not adapter_layers(tiny_transformer)  # refused before anything changed
 
 
-def test_at_most_five_problems_are_listed(tiny_transformer):
+def test_at_most_three_problems_are_listed(tiny_transformer):
     sd = official_checkpoint(tiny_transformer)
     for i in range(8):
         sd[f"transformer.single_transformer_blocks.{10 + i}.proj_out.lora_route.weight"] = torch.zeros(4, 160)
-    with pytest.raises(WeightsError, match=r"8 problem\(s\).*\(and 3 more\)"):
+    with pytest.raises(WeightsError, match=r"mismatched keys: 8, first .*; then [^,]+, [^,]+ and 5 more"):
         load_moe_adapter(tiny_transformer, sd)
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from diptych.emu import datagen as dg
 from diptych.emu.datagen_cli import add_datagen_parser, run_datagen
 from diptych.errors import DiptychError
+from diptych.shapes.dataset import sample_edit
 from diptych.testing import FakeChatServer, save_tiny_clip, tiny_clip_tokenizer
 
 GOOD = {
@@ -393,3 +394,18 @@ def test_cli_help_and_bad_options(capsys):
         run_datagen(parse([*base, "--source", "python:json:loads", "--inputs", "missing.jsonl"]))
     with pytest.raises(DiptychError, match="weights"):
         run_datagen(parse([*base, "--source", "shapes", "--n", "2", "--mask-weights", "0", "0", "0"]))
+
+
+def test_shapes_filter_is_the_builtin_judge():
+    strict = dg.load_filter("shapes?min_score=100")
+    assert isinstance(strict, dg.ShapesPairFilter) and strict.min_score == 100
+    example = sample_edit("test", 0, phrasings="all")
+    instruction = dg.Instruction(example.instruction, "the object", "a new caption", "the object")
+    verdict = strict(dg.PairCandidate(example.source_image, example.target_image, instruction, "a caption", "x"))
+    assert not verdict.keep and "judge_logit" in verdict.scores and "< 100" in verdict.reason
+    lenient = dg.ShapesPairFilter(strict.judge, min_score=-100)
+    assert lenient(dg.PairCandidate(example.source_image, example.target_image, instruction, "a", "x")).keep
+    with pytest.raises(dg.DatagenError, match="unknown option"):
+        dg.load_filter("shapes?threshold=1")
+    with pytest.raises(dg.DatagenError, match="min_score must be a number"):
+        dg.load_filter("shapes?min_score=high")

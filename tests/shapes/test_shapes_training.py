@@ -67,11 +67,10 @@ def test_the_shipped_adapter_recipes_are_valid_configs():
 
     folder = Path(__file__).parents[2] / "examples" / "shapes"
     configs = {p.stem: build_config(p) for p in sorted(folder.glob("*.yaml"))}
-    assert set(configs) == {"moe", "lora", "moe-long", "lora-long", "moe-noinvert"}
+    # (the shipped adapters are these runs resumed to 4800 steps; no config resumes a checkpoint that a new
+    # user does not have: tests/train/test_example_configs.py runs each one)
+    assert set(configs) == {"moe", "lora", "moe-noinvert"}
     assert configs["moe"].adapter == "moe" and configs["moe"].task_embedding and configs["moe"].gate == "learned"
     assert configs["lora"].adapter == "lora" and configs["lora"].rank == 64
-    for name in ("moe", "lora"):  # the shipped adapters: the 2400-step run, resumed to 4800 steps
-        long = configs[f"{name}-long"]
-        assert long.resume == f"runs/shapes-{name}/checkpoints/ckpt-2400" and long.max_steps == 4800
-        assert long.adapter_signature() == configs[name].adapter_signature()
+    assert all(config.resume is None for config in configs.values())
     assert configs["moe-noinvert"].data == "runs/shapes-train-noinvert" and configs["moe-noinvert"].task_embedding

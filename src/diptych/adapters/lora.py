@@ -61,9 +61,23 @@ def _pick_weight_file(folder: Path) -> Path:
     raise WeightsError(f"adapter folder {folder} has several .safetensors files ({names}); pass the file itself")
 
 
+def check_adapter_hub_access(adapter: str | Path, *, local_files_only: bool = False) -> bool:
+    """`diptych.hub.check_hub_access` for an adapter: fails at once when a hub id can be neither downloaded
+    nor read from the cache; returns the `local_files_only` to download it with."""
+    from ..hub import check_hub_access
+
+    return check_hub_access(
+        adapter,
+        what="adapter",
+        fix=f"download it (`huggingface-cli download {adapter}`) or pass a local .safetensors file or folder",
+        local_files_only=local_files_only,
+    )
+
+
 def _download(repo_id: str, local_files_only: bool) -> Path:
     from huggingface_hub import hf_hub_download, list_repo_files
 
+    local_files_only = check_adapter_hub_access(repo_id, local_files_only=local_files_only)
     try:
         if local_files_only:
             errors = []
@@ -117,12 +131,42 @@ def check_lora_keys(transformer: torch.nn.Module, state_dict: dict[str, torch.Te
         elif part == "lora_B" and tensor.shape[0] != module.out_features:
             problems.append(f"{key}: out_features {tensor.shape[0]}, layer has {module.out_features}")
     if problems:
-        shown = "; ".join(problems[:5])
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise WeightsError(
-            f"the adapter does not match this model: {shown}{more}. "
-            "Was it trained for another base model (FLUX.1 Fill dev expected)?"
+            f"the adapter does not fit this model: {summarize_problems(problems, len(state_dict))}. Was it "
+            "trained for another base model (--base)?"
         )
+
+
+def summarize_problems(problems: list[str], total: int | None = None, *, listed: int = 3) -> str:
+    """One short clause for a list of "KEY: what is wrong" lines: the count, the first key with its problem,
+    then the next few keys by name, written from where they differ from the first ("mismatched keys: 16 of
+    32, first blocks.0.to_k.lora_A.weight: in_features 32, layer has 128; then ...to_k.lora_B.weight,
+    ...to_q.lora_A.weight and 13 more"). Keys are shown without their "transformer." prefix."""
+
+    def key_of(text: str) -> str:
+        return text.partition(": ")[0].removeprefix("transformer.").removeprefix("base_model.model.")
+
+    first = key_of(problems[0])
+    detail = problems[0].partition(": ")[2]
+    count = f"{len(problems)} of {total}" if total is not None and total >= len(problems) else f"{len(problems)}"
+    text = f"mismatched keys: {count}, first {first}{': ' + detail if detail else ''}"
+    others = [_from_difference(key_of(p), first) for p in problems[1:listed]]
+    rest = len(problems) - 1 - len(others)
+    if others:
+        text += "; then " + ", ".join(others)
+    if rest > 0:
+        text += f" and {rest} more"
+    return text
+
+
+def _from_difference(key: str, reference: str) -> str:
+    """`key` from the dotted part before the one where it departs from `reference` ("...to_k.lora_B.weight")."""
+    parts, ref = key.split("."), reference.split(".")
+    same = 0
+    while same < min(len(parts), len(ref)) - 1 and parts[same] == ref[same]:
+        same += 1
+    start = max(0, same - 1)
+    return key if start < 2 else "..." + ".".join(parts[start:])
 
 
 def load_lora(pipe: FluxFillPipeline, state_dict: dict[str, torch.Tensor], *, scale: float = 1.0) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..files import write_atomic
+from .lora import summarize_problems
 from .moe import (
     BLOCK_LISTS,
     AdapterError,
@@ -227,7 +228,7 @@ def _group(state_dict: Mapping[str, torch.Tensor]) -> dict[str, _Module]:
     for group in groups.values():
         if not group.tensors:
             problems.append(f"{group.path}.alpha: an alpha without lora_A/lora_B weights")
-    _raise_if(problems, "adapter checkpoint has unrecognised keys")
+    _raise_if(problems, "adapter checkpoint has unrecognised keys", "Is it an ICEdit MoE file?")
     return groups
 
 
@@ -285,18 +286,13 @@ def _check_against(
         for name in expected:
             if name not in group.tensors:
                 problems.append(f"{path}.{name}: missing, expected shape {expected[name]}")
-    _raise_if(problems, "adapter checkpoint does not fit this transformer")
+    _raise_if(problems, "the adapter does not fit this model", "Was it trained for another base model (--base)?")
 
 
-def _raise_if(problems: Sequence[str], what: str) -> None:
+def _raise_if(problems: Sequence[str], what: str, hint: str = "") -> None:
     if not problems:
         return
-    listed = "; ".join(problems[:MAX_LISTED])
-    more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
-    raise WeightsError(
-        f"{what}: {len(problems)} problem(s): {listed}{more}. Check that the adapter was trained for "
-        "this model (FLUX.1 Fill) and saved in the ICEdit MoE layout"
-    )
+    raise WeightsError(f"{what}: {summarize_problems(list(problems))}{'. ' + hint if hint else ''}")
 
 
 def _config(

@@ -11,8 +11,8 @@ The pipeline, per item (an image, its caption, a task and optionally the precise
    over the latent grid (keep = 1 - mean of M per cell) and the Editor's in-context edit runs with it:
    after every step the latents are `keep * renoised_source + (1 - keep) * generated`. Outside M's support
    the final pixels are the source's exactly. No mask means the whole image may change.
-3. A filter (`CLIPPairFilter` by default, or any callable) keeps or drops the pair; drops are counted and
-   logged in `rejected.ndjson` with their scores.
+3. A filter (`CLIPPairFilter`; `ShapesPairFilter`, the built-in ShapesEdit judge, for ShapesEdit data; or
+   any callable) keeps or drops the pair; drops are counted and logged in `rejected.ndjson` with their scores.
 
 Output layout (what `diptych train` reads; paths relative to the folder)::
 
@@ -62,6 +62,7 @@ __all__ = [
     "InstructionFormatError",
     "LLMInstructionSource",
     "PairCandidate",
+    "ShapesPairFilter",
     "generate_pair",
     "input_items",
     "load_filter",
@@ -648,6 +649,33 @@ class CLIPPairFilter:
         return FilterVerdict(not reasons, scores, "; ".join(reasons))
 
 
+class ShapesPairFilter:
+    """The built-in ShapesEdit judge (`diptych.shapes.judge`) as a filter: keep a pair when the judge's logit
+    that `edited` is `source` correctly edited by the instruction is at least `min_score` (0: probability
+    0.5). Its weights ship with the package, so it needs no network; the default filter of `--source shapes`.
+    """
+
+    def __init__(self, judge: Any, *, min_score: float = 0.0) -> None:
+        if not (isinstance(min_score, int | float) and math.isfinite(min_score)):
+            raise DatagenError(f"min_score must be a finite number (a logit), got {min_score!r}")
+        self.judge = judge
+        self.min_score = float(min_score)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | None = None, **kwargs: Any) -> ShapesPairFilter:
+        """Load the shipped judge (or one saved in `folder`); `kwargs` is the threshold."""
+        from ..shapes.judge import ShapesJudge
+
+        return cls(ShapesJudge.from_pretrained(folder) if folder else ShapesJudge.from_pretrained(), **kwargs)
+
+    def __call__(self, candidate: PairCandidate) -> FilterVerdict:
+        """Score the pair with the judge and compare with the threshold."""
+        score = float(self.judge.score(candidate.source, candidate.edited, candidate.instruction.instruction))
+        keep = score >= self.min_score
+        reason = "" if keep else f"judge_logit {score:.3f} < {self.min_score}"
+        return FilterVerdict(keep, {"judge_logit": score}, reason)
+
+
 class CallablePairFilter:
     """A filter around `fn(source, edited, info) -> bool | FilterVerdict`, where `info` holds the caption,
     the task and the instruction's fields."""
@@ -673,9 +701,21 @@ def _as_verdict(value: object, name: str) -> FilterVerdict:
 
 
 def load_filter(spec: str) -> PairFilter | None:
-    """`none`, `clip[:PATH_OR_ID][?min_direction=0.05&min_image=0.7]` or `python:package.module:function`."""
+    """`none`, `shapes[:FOLDER][?min_score=0]` (the built-in ShapesEdit judge, offline),
+    `clip[:PATH_OR_ID][?min_direction=0.05&min_image=0.7]` or `python:package.module:function`."""
     if spec == "none":
         return None
+    if spec == "shapes" or spec.startswith(("shapes:", "shapes?")):
+        head, _, query = spec.removeprefix("shapes").removeprefix(":").partition("?")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        unknown = sorted(set(params) - {"min_score"})
+        if unknown:
+            raise DatagenError(f"filter spec {spec!r}: unknown option(s) {', '.join(unknown)}; known: min_score")
+        try:
+            threshold = {key: float(value) for key, value in params.items()}
+        except ValueError as err:
+            raise DatagenError(f"filter spec {spec!r}: min_score must be a number ({err})") from err
+        return ShapesPairFilter.from_pretrained(head or None, **threshold)
     if spec == "clip" or spec.startswith(("clip:", "clip?")):
         head, _, query = spec.removeprefix("clip").removeprefix(":").partition("?")
         params = dict(parse_qsl(query, keep_blank_values=True))
@@ -690,7 +730,7 @@ def load_filter(spec: str) -> PairFilter | None:
     if spec.startswith("python:"):
         obj = _import_object(spec, spec.removeprefix("python:"))
         return obj if isinstance(obj, CLIPPairFilter | CallablePairFilter) else CallablePairFilter(obj)
-    raise DatagenError(f"unknown filter {spec!r}; use clip, clip:PATH, python:mod:fn or none")
+    raise DatagenError(f"unknown filter {spec!r}; use shapes, clip, clip:PATH, python:mod:fn or none")
 
 
 # ---------------------------------------------------------------------------------------------- the run

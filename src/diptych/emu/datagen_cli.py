@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli_options import add_threads_option
+
 DATAGEN_EXAMPLES = """\
 examples:
-  diptych datagen --source shapes --n 1000 --out data/shapes-gen --base shapes --filter none
+  diptych datagen --source shapes --n 1000 --out data/shapes-gen --base shapes     # filter: the built-in judge
   diptych datagen --source "llm:http://localhost:8000/v1?model=Qwen/Qwen2.5-7B-Instruct" \\
       --inputs photos.jsonl --n 500 --out data/gen --base ./FLUX.1-Fill-dev --adapter RiverZ/normal-lora \\
       --filter clip:./clip-vit-base-patch32 --tasks local remove add background
@@ -19,8 +21,11 @@ sources: shapes (ShapesEdit edits with their ground-truth instruction and object
   "original_object"}). llm and python sources edit the images of --inputs (JSONL lines
   {"image": "a.png", "caption": "...", "mask": "m.png", "task": "local", "id": "a"}; mask and task
   optional) or, without --inputs, random ShapesEdit scenes.
-filters: clip[:PATH][?min_direction=0.05&min_image=0.7], python:module:function
-  (fn(source, edited, info) -> bool), none.
+filters: shapes[:FOLDER][?min_score=0] (the built-in ShapesEdit judge: keeps a pair it scores as a correct
+  edit; ships with the package, no network; the default for --source shapes),
+  clip[:PATH][?min_direction=0.05&min_image=0.7] (CLIP; the default for llm and python sources; a hub id
+  needs the network or the local Hugging Face cache), python:module:function (fn(source, edited, info) ->
+  bool), none.
 the output folder (data.jsonl + images/) is what `diptych train` reads; running the command again
 skips the ids already written or rejected.
 """
@@ -30,7 +35,7 @@ def add_datagen_parser(subparsers) -> argparse.ArgumentParser:
     """Register `datagen` on the main parser's subparsers."""
     parser = subparsers.add_parser(
         "datagen",
-        help="generate training pairs Emu Edit-style: instructions, soft-mask guided edits, CLIP filter",
+        help="generate training pairs Emu Edit-style: instructions, soft-mask guided edits, a filter",
         description="Generate (source, instruction, target) pairs: an instruction source writes edits, the Fill "
         "model makes them guided by a soft mask of the edited object, and a filter drops weak pairs.",
         epilog=DATAGEN_EXAMPLES,
@@ -41,7 +46,12 @@ def add_datagen_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--base", required=True, help="Fill model: a hub id, a local folder, or 'shapes'")
     parser.add_argument("--adapter", default=None, help="LoRA / LoRA-MoE adapter to load on the base")
-    parser.add_argument("--filter", default="clip", help="clip[:PATH] | python:module:function | none")
+    parser.add_argument(
+        "--filter",
+        default=None,
+        help="shapes[:FOLDER] | clip[:PATH] | python:module:function | none (default: shapes, the built-in judge, "
+        "for --source shapes; clip otherwise)",
+    )
     parser.add_argument("--inputs", default=None, help="JSONL of images + captions for llm/python sources")
     parser.add_argument("--tasks", nargs="+", default=None, help="tasks (ShapesEdit ops for --source shapes)")
     parser.add_argument("--seed", type=int, default=0)
@@ -61,7 +71,8 @@ def add_datagen_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_option(parser)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_datagen)
     return parser
 
@@ -93,6 +104,8 @@ def run_datagen(args: argparse.Namespace) -> int:
         blur_sigma=args.blur_sigma,
         weights=tuple(args.mask_weights) if args.mask_weights else DEFAULT_WEIGHTS,
     )
+    if args.filter is None:  # the built-in judge needs no network; CLIP is the default for real images
+        args.filter = "shapes" if args.source == "shapes" else "clip"
     pair_filter = dg.load_filter(args.filter)
 
     from ..editor import Editor

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli_options import BUILTIN_PANEL, add_threads_option, is_builtin_base
 from ..errors import InputError
 
 INVERT_EXAMPLES = """\
@@ -17,6 +18,8 @@ examples:
   # a new task from a folder of pairs (data.jsonl: {"source", "instruction", "target"} per line)
   diptych invert-task --base black-forest-labs/FLUX.1-Fill-dev --lora runs/moe --examples sketches/ \\
       --name sketch --output sketch.safetensors --steps 500 --lr 5e-3
+  # the built-in model (64-px panels by default) on a folder made with `diptych shapes make`
+  diptych invert-task --base shapes --examples shapes-pairs/ --name mytask --output mytask.safetensors
 
 the adapter folder's task_embedding.safetensors (from `diptych train --task-embedding`) is the base
 embedding by default: the output then holds its tasks plus the new one. Every model weight and every
@@ -48,11 +51,16 @@ def add_invert_task_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=500, help="optimisation steps (default 500)")
     parser.add_argument("--lr", type=float, default=5e-3, help="AdamW learning rate (default 5e-3)")
     parser.add_argument("--batch-size", type=int, default=4, help="examples per step (default 4)")
-    parser.add_argument("--resolution", default="512", help="panel size N or WxH (default 512)")
+    parser.add_argument(
+        "--resolution",
+        default=None,
+        help=f"panel size N or WxH (default 512; {BUILTIN_PANEL} for the built-in model, --base shapes)",
+    )
     parser.add_argument("--template", default=None, help="prompt template, as in `diptych train`")
     parser.add_argument("--seed", type=int, default=0, help="default 0")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: best available)")
     parser.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
+    add_threads_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_invert_task)
@@ -71,6 +79,8 @@ def run_invert_task(args: argparse.Namespace) -> int:
         raise InputError(f"--output must be a .safetensors file, got {output}")
     if output.exists() and not args.overwrite:
         raise InputError(f"{output} exists; pass --overwrite to replace it")
+    if args.resolution is None:  # the built-in model is 64 px; FLUX.1 Fill's recipe is 512
+        args.resolution = str(BUILTIN_PANEL) if is_builtin_base(args.base) else "512"
     try:
         resolution = parse_resolution(args.resolution)
     except ConfigError as err:

@@ -793,8 +793,15 @@ def resolve_data(benchmark: str, data: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as err:  # pragma: no cover - huggingface_hub comes with diffusers
         raise BenchmarkError("downloading from the hub needs huggingface_hub: pip install huggingface_hub") from err
+    from ..hub import check_hub_access
+
+    fix = f"download it by hand (huggingface-cli download {repo} --repo-type dataset) and pass the folder with --data"
+    try:
+        local = check_hub_access(repo, what=f"the {benchmark} data", fix=fix, repo_type="dataset")
+    except DiptychError as err:
+        raise BenchmarkError(str(err)) from err
     try:  # pragma: no cover - needs the network
-        return Path(snapshot_download(repo, repo_type="dataset"))
+        return Path(snapshot_download(repo, repo_type="dataset", local_files_only=local))
     except Exception as err:  # pragma: no cover - needs the network
         raise BenchmarkError(
             f"cannot download {repo} from the hub ({type(err).__name__}: {err}); download it by hand "

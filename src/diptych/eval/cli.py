@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..cli_options import add_threads_option
+
 EVAL_EXAMPLES = """\
 examples:
   # ICEdit on the Emu Edit test set (parquet files of facebook/emu_edit_test_set)
@@ -76,12 +78,15 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA)")
     source.add_argument("--offload", default="none", help="none, model or sequential CPU offload")
     source.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+    add_threads_option(source)
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=28, help="denoising steps (default 28; the paper used 50)")
     sampling.add_argument("--guidance", type=float, default=50.0, help="guidance scale (default 50)")
     sampling.add_argument("--seed", type=int, default=42, help="seed of every edit (default 42)")
-    sampling.add_argument("--width", type=int, default=None, help="panel width in pixels (default 512)")
+    sampling.add_argument(
+        "--width", type=int, default=None, help="panel width in pixels (default 512; 64 for the built-in model)"
+    )
     sampling.add_argument("--template", default=None, help="prompt template: icedit (default), paper, comfyui, ...")
     sampling.add_argument("--batch-size", type=int, default=4, help="edits per batch (default 4)")
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diptych.errors import DiptychError, InputError, WeightsError
+from diptych.hub import check_hub_access
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
@@ -201,9 +202,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{text or type(exc).__name__}."
 
 
-def _load(kind: str, name_or_path: str, loader: Callable[[str], _T], folder_contents: str) -> _T:
-    """Run ``loader`` on a local folder or hub id; any failure becomes a WeightsError that says how to
-    get the weights."""
+def _load(kind: str, name_or_path: str, loader: Callable[[str, bool], _T], folder_contents: str) -> _T:
+    """Run ``loader(path, local_files_only)`` on a local folder or hub id; any failure becomes a WeightsError
+    that says how to get the weights. A hub id that is neither reachable nor cached fails at once."""
     if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
         raise InputError(f"the {kind} model must be a hub id or a folder, got {name_or_path!r}")
     name = str(name_or_path)
@@ -218,8 +219,16 @@ def _load(kind: str, name_or_path: str, loader: Callable[[str], _T], folder_cont
             f"once with `huggingface-cli download {name}` (or `hf download {name} --local-dir DIR` and "
             "pass DIR). Set HF_HUB_OFFLINE=1 to fail at once instead of waiting on the network."
         )
+    local = False
+    if not _looks_local(name):
+        local = check_hub_access(
+            name,
+            what=f"the {kind} model",
+            fix=f"download it once with `huggingface-cli download {name}` (or `hf download {name} --local-dir DIR` "
+            "and pass DIR)",
+        )
     try:
-        return loader(path)
+        return loader(path, local)
     except DiptychError:
         raise
     except (OSError, ValueError, KeyError) as exc:
@@ -303,12 +312,12 @@ class ClipMetrics:
         """
         torch_device, torch_dtype = _parse_device(device), _parse_dtype(dtype)
 
-        def load(path: str) -> ClipMetrics:
+        def load(path: str, local: bool) -> ClipMetrics:
             from transformers import AutoTokenizer, CLIPModel
 
-            model = CLIPModel.from_pretrained(path, dtype=torch_dtype)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            processor = _clip_image_processor_class().from_pretrained(path)
+            model = CLIPModel.from_pretrained(path, dtype=torch_dtype, local_files_only=local)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+            processor = _clip_image_processor_class().from_pretrained(path, local_files_only=local)
             return cls(model.to(torch_device), processor, tokenizer, batch_size=batch_size)
 
         return _load(
@@ -480,17 +489,19 @@ class DinoMetrics:
         for ``device``, ``dtype`` and errors)."""
         torch_device, torch_dtype = _parse_device(device), _parse_dtype(dtype)
 
-        def load(path: str) -> DinoMetrics:
+        def load(path: str, local: bool) -> DinoMetrics:
             from transformers import AutoConfig, ViTModel
 
-            config = AutoConfig.from_pretrained(path)
+            config = AutoConfig.from_pretrained(path, local_files_only=local)
             if config.model_type != "vit":
                 raise ValueError(
                     f"its config is a {config.model_type!r} model; the DINO metric needs DINO v1 ViT weights "
                     f"such as {DEFAULT_DINO_MODEL} (model_type 'vit')"
                 )
             # DINO has no pooler head; leaving it out also skips the unused pooler weights.
-            model = ViTModel.from_pretrained(path, config=config, add_pooling_layer=False, dtype=torch_dtype)
+            model = ViTModel.from_pretrained(
+                path, config=config, add_pooling_layer=False, dtype=torch_dtype, local_files_only=local
+            )
             return cls(model.to(torch_device), batch_size=batch_size)
 
         return _load("DINO", name_or_path, load, "config.json and the weights of a DINO ViTModel")

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 from PIL import Image
 
 from diptych.errors import DiptychError, InputError, WeightsError
+from diptych.hub import check_hub_access
 
 __all__ = [
     "CLARIFY_PROMPT",
@@ -501,10 +502,16 @@ class CLIPJudge:
         if _is_local_path(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
             raise WeightsError(f"CLIP model folder {name_or_path!r} does not exist. {how}")
         path = os.path.expanduser(name_or_path)
+        local = check_hub_access(
+            name_or_path,
+            what="the CLIP judge model",
+            fix=f"download it where the hub is reachable (`hf download {name_or_path} --local-dir DIR`) and pass "
+            "that folder (judge spec `clip:DIR`)",
+        )
         try:
-            model = CLIPModel.from_pretrained(path, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            image_processor = AutoImageProcessor.from_pretrained(path)
+            model = CLIPModel.from_pretrained(path, dtype=dtype, local_files_only=local)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+            image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=local)
         except (OSError, ValueError, KeyError) as exc:
             raise WeightsError(f"could not load the CLIP judge model {name_or_path!r}: {_sentence(exc)} {how}") from exc
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -611,6 +618,11 @@ class LocalVLMJudge:
                 f"local VLM folder {path!r} does not exist; download the model first, e.g. "
                 "`hf download Qwen/Qwen2.5-VL-72B-Instruct --local-dir DIR`, and pass that folder"
             )
+        local = check_hub_access(
+            path,
+            what="the local VLM judge model",
+            fix=f"download it where the hub is reachable (`hf download {path} --local-dir DIR`) and pass that folder",
+        )
         path = os.path.expanduser(path)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -622,14 +634,18 @@ class LocalVLMJudge:
             dtype = torch.float32 if device == "cpu" else torch.bfloat16
         try:
             if device == "auto":
-                model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map="auto")
+                model = AutoModelForImageTextToText.from_pretrained(
+                    path, dtype=dtype, device_map="auto", local_files_only=local
+                )
             else:
-                model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device)
+                model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=local).to(
+                    device
+                )
         except (OSError, ValueError, KeyError) as exc:
             raise WeightsError(f"could not load the local VLM judge from {path!r}: {_sentence(exc)}") from exc
         if processor is None:
             try:
-                processor = AutoProcessor.from_pretrained(path)
+                processor = AutoProcessor.from_pretrained(path, local_files_only=local)
             except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
                 raise WeightsError(
                     f"could not load the processor of the local VLM judge from {path!r}: {_sentence(exc)} "

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..cli_options import add_threads_option
 from ..errors import DiptychError, WeightsError
 from .settings import ServeSettings
 
@@ -36,8 +37,13 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     model.add_argument("--local-files-only", action="store_true", help="never contact the hub")
     model.add_argument("--width", type=int, default=None, help="panel width in pixels (default: the model's)")
     model.add_argument(
-        "--judge", default=None, help="judge spec for early filtering (clip, vlm:URL?model=NAME, python:mod:fn)"
+        "--judge",
+        default=None,
+        help="judge spec for early filtering: shapes (the built-in model's learned judge, offline; the default "
+        "with the built-in model), vlm:URL?model=NAME, clip[:PATH] (the hub id needs the network or the HF "
+        "cache), python:mod:fn",
     )
+    add_threads_option(model)
 
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

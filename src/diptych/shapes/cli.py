@@ -1,5 +1,5 @@
 """`diptych shapes ...`: export ShapesEdit data (`make`), measure the built-in models (`bench`, `inversion`,
-`drift`, `grounding`, `losses`) and show one edit (`demo`)."""
+`drift`, `grounding`, `losses`, `text-sensitivity`) and show one edit (`demo`)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ examples:
   diptych shapes bench --variants moe moe:no-task moe:true-task      # Emu Edit's task ablation
   diptych shapes drift --n 50 --turns 5         # multi-turn drift with and without thresholding
   diptych shapes losses --adapters none lora moe   # the training error on copied vs edited tokens
+  diptych shapes text-sensitivity --adapters none lora moe   # do the instruction's words move the output?
 """
 
 
 def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     """Register `shapes` (with `make` and `bench`) on the main parser's subparsers."""
+    from ..cli_options import add_threads_option
     from .bench import DEFAULT_VARIANTS, VARIANTS
     from .dataset import SPLITS
 
@@ -65,10 +67,19 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     bench.add_argument(
         "--variants",
         nargs="+",
-        choices=tuple(VARIANTS),
         default=list(DEFAULT_VARIANTS),
-        help=f"default: {' '.join(DEFAULT_VARIANTS)} (add moe:no-task moe:true-task for Emu Edit's task ablation)",
+        metavar="VARIANT",
+        help=f"{', '.join(VARIANTS)}, or a trained adapter's path (PATH+filter: with early filtering); default: "
+        f"{' '.join(DEFAULT_VARIANTS)} (add moe:no-task moe:true-task for Emu Edit's task ablation)",
     )
+    bench.add_argument(
+        "--val-per-op",
+        type=int,
+        default=None,
+        metavar="K",
+        help="score K edits of each operation from the validation split instead (probes: --val-per-op 10)",
+    )
+    bench.add_argument("--ops", nargs="+", default=None, help="with --val-per-op: only these operations")
     _add_run_options(bench, progress=True)
     bench.set_defaults(func=run_bench_command)
 
@@ -132,6 +143,23 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     _add_run_options(losses, progress=False, steps=False)
     losses.set_defaults(func=run_losses_command)
 
+    sensitivity = sub.add_parser(
+        "text-sensitivity",
+        help="does the text reach the image? recolor edits worded with every colour word, vs a second seed",
+        epilog=(
+            "example (the bare base, the shipped plain LoRA and LoRA-MoE, side by side):\n"
+            "  diptych shapes text-sensitivity --adapters none lora moe --n 8"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sensitivity.add_argument(
+        "--adapters", nargs="+", default=["none", "moe"], help="'none', 'moe', 'lora' or adapter folders/files"
+    )
+    sensitivity.add_argument("--n", type=int, default=8, help="test scenes with a recolor edit (default 8)")
+    sensitivity.add_argument("--batch-size", type=int, default=16)
+    _add_run_options(sensitivity, progress=True)
+    sensitivity.set_defaults(func=run_text_sensitivity_command)
+
     demo = sub.add_parser(
         "demo",
         help="edit an example scene with the built-in model and write before/after PNGs (what `make demo` runs)",
@@ -143,6 +171,7 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     demo.add_argument("--instruction", default=None, help="your own instruction instead of the example's")
     demo.add_argument("--steps", type=int, default=28)
     demo.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
+    add_threads_option(demo)
     demo.set_defaults(func=run_demo)
     return shapes
 
@@ -150,11 +179,14 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
 def _add_run_options(
     parser: argparse.ArgumentParser, *, progress: bool, json_flag: bool = True, steps: bool = True
 ) -> None:
-    """The options every measuring subcommand shares: model, denoising steps, device, seed, output."""
+    """The options every measuring subcommand shares: model, denoising steps, device, threads, seed, output."""
+    from ..cli_options import add_threads_option
+
     parser.add_argument("--base", default="shapes", help="'shapes' (built-in) or 'shapes:FOLDER'")
     if steps:
         parser.add_argument("--steps", type=int, default=28, help="denoising steps per edit (default 28)")
     parser.add_argument("--device", default=None)
+    add_threads_option(parser)
     parser.add_argument("--seed", type=int, default=0)
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -186,9 +218,14 @@ def run_make(args: argparse.Namespace) -> int:
 def run_bench_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .bench import folder_cases, format_table, heldout_cases, run_bench
+    from .bench import folder_cases, format_table, heldout_cases, run_bench, val_cases, variant_options
 
-    cases = folder_cases(args.data) if args.data else heldout_cases(args.n, seed=args.seed)
+    for name in args.variants:
+        variant_options(name)  # an unknown variant fails at once, before cases are drawn
+    if args.val_per_op is not None:
+        cases = val_cases(args.val_per_op, ops=args.ops, seed=args.seed)
+    else:
+        cases = folder_cases(args.data) if args.data else heldout_cases(args.n, seed=args.seed)
     bar = tqdm(total=len(cases) * len(args.variants), unit="edit", disable=args.quiet, desc="bench")
     report = run_bench(
         cases,
@@ -295,6 +332,46 @@ def run_losses_command(args: argparse.Namespace) -> int:
         for point in report["points"]:
             cells = " | ".join(f"{point[k]:.3f}" for k in TOKEN_SETS)
             print(f"| {report['adapter']} | {point['t']:g} | {cells} |")
+    return 0
+
+
+def run_text_sensitivity_command(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .experiments import text_sensitivity, text_sensitivity_cases
+
+    edits = sum(len(variants) + 1 for _, variants in text_sensitivity_cases(args.n, seed=args.seed))
+    bar = tqdm(total=edits * len(args.adapters), unit="edit", disable=args.quiet, desc="text-sensitivity")
+    reports = [
+        text_sensitivity(
+            adapter,
+            n=args.n,
+            base=args.base,
+            steps=args.steps,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=bar.update,
+        )
+        for adapter in args.adapters
+    ]
+    bar.close()
+    if args.json:
+        print(json.dumps({"reports": reports}))
+        return 0
+    print(
+        f"text sensitivity on {args.n} held-out recolor edits, each worded with every allowed colour word "
+        f"(seed {args.seed}) and once more at seed {args.seed + 1}, {args.steps} steps; L1 = mean |RGB difference|\n"
+    )
+    print("| adapter | words L1 | seeds L1 | ratio | colour hits | success | own word closest (chance) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in reports:
+        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        words = "n/a" if r["words_l1"] is None else f"{r['words_l1']:.4f}"
+        print(
+            f"| {r['adapter']} | {words} | {r['seeds_l1']:.4f} | {ratio} | {100 * r['colour_hits']:.1f}% | "
+            f"{100 * r['success']:.1f}% | {100 * r['word_match']:.1f}% ({100 * r['word_match_chance']:.1f}%) |"
+        )
     return 0
 
 

@@ -13,6 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ..cli_options import BUILTIN_PANEL, add_threads_option, is_builtin_base
+
 TRAIN_EXAMPLES = """\
 examples:
   # plain LoRA on a folder of pairs (data.jsonl: {"source", "instruction", "target"} per line)
@@ -97,9 +99,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     optim.add_argument("--mixed-precision", choices=("auto", "fp32", "bf16"), help="default: bf16 on CUDA")
     optim.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even with a GPU")
+    add_threads_option(optim)
 
     data = parser.add_argument_group("objective and data")
-    data.add_argument("--resolution", help="panel size N or WxH (default 512: a 1024x512 diptych)")
+    data.add_argument(
+        "--resolution",
+        help="panel size N or WxH (default 512: a 1024x512 diptych; 64 for the built-in model, --base shapes)",
+    )
     data.add_argument(
         "--bucketing", action=argparse.BooleanOptionalAction, help="aspect-ratio buckets instead of square resizing"
     )
@@ -152,7 +158,20 @@ def config_from_args(args: argparse.Namespace):
     options = {name: getattr(args, name, None) for name in field_names()}
     if options.get("resolution") is not None:
         options["resolution"] = parse_resolution(options["resolution"])
+    else:
+        options["resolution"] = _builtin_resolution(args)
     return build_config(args.config, **options)
+
+
+def _builtin_resolution(args: argparse.Namespace) -> tuple[int, int] | None:
+    """The built-in model's panel size when it is the base and neither the options nor the YAML set one."""
+    from .config import read_yaml
+
+    yaml_options = read_yaml(args.config) if args.config else {}
+    base = args.base if args.base is not None else yaml_options.get("base")
+    if is_builtin_base(base) and yaml_options.get("resolution") is None:
+        return (BUILTIN_PANEL, BUILTIN_PANEL)
+    return None
 
 
 def run_train(args: argparse.Namespace) -> int:
