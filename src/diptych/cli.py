@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_options import add_threads_option, is_builtin_base
+from .cli_options import add_threads_option, is_builtin_base, run_guarded
 from .errors import DiptychError, InputError
 
 DEFAULT_EARLY_STEPS = 10  # the paper's: 10 early steps per candidate (clamped to --steps when not given)
@@ -197,22 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_guarded(args.func, args)
 
 
-def run_guarded(func, args: argparse.Namespace) -> int:
-    """Run a command (with its `--threads` and `-q` applied); a `DiptychError` becomes one line on stderr and
-    exit code 2."""
-    from .cli_options import common_options
-
-    try:
-        with common_options(args):
-            return func(args)
-    except DiptychError as err:
-        print(f"diptych: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("diptych: interrupted", file=sys.stderr)
-        return 130
-
-
 # ---------------------------------------------------------------------- edit
 def run_edit(args: argparse.Namespace) -> int:
     if args.batch:
@@ -380,7 +364,7 @@ def _edit_options(args: argparse.Namespace) -> dict:
 
 def _use_task_embedding(editor, args: argparse.Namespace) -> None:
     """Load the task embedding of `--task-file` or the adapter's folder (the built-in model brings its own)."""
-    from .emu.task_embedding import find_task_embedding, load_task_embedding
+    from .conditioning.task_embedding import find_task_embedding, load_task_embedding
 
     builtin = str(args.base or "").startswith("shapes")
     path = args.task_file or (find_task_embedding(args.lora) if args.lora and not builtin else None)

@@ -1,17 +1,20 @@
-"""What every `diptych` command that runs a model shares: `--threads`, quiet loading under `-q`, and the
-built-in model's defaults.
+"""What every `diptych` command shares: `run_guarded` (errors to one line and exit code 2), `--threads`,
+quiet loading under `-q`, and the built-in model's defaults.
 
-`diptych.cli.run_guarded`, which runs every subcommand, applies `--threads` and `-q` before the command
-starts, so a subcommand only declares the option (`add_threads_option`).
+`run_guarded`, which runs every subcommand (`diptych ...` and `python -m diptych.train.cli` /
+`diptych.eval.cli` alike), applies `--threads` and `-q` before the command starts, so a subcommand only
+declares the option (`add_threads_option`). It lives here rather than in `diptych.cli` so that the
+subcommands' own `cli` modules never import the top-level command line, which imports them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
-from .errors import InputError
+from .errors import DiptychError, InputError
 
 #: Panel side of the built-in ShapesEdit model (`diptych.shapes.models.PANEL`; a test keeps them equal).
 BUILTIN_PANEL = 64
@@ -96,3 +99,17 @@ def common_options(args: argparse.Namespace) -> Iterator[None]:
             import torch
 
             torch.set_num_threads(previous)
+
+
+def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command (with its `--threads` and `-q` applied); a `DiptychError` becomes one line on stderr and
+    exit code 2. (Also importable as `diptych.cli.run_guarded`.)"""
+    try:
+        with common_options(args):
+            return func(args)
+    except DiptychError as err:
+        print(f"diptych: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diptych: interrupted", file=sys.stderr)
+        return 130

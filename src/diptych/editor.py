@@ -29,7 +29,7 @@ from .prompts import build_prompt, resolve_template
 from .sampler import FillSampler, FillState
 
 if TYPE_CHECKING:
-    from .emu.task_embedding import TaskEmbedding
+    from .conditioning.task_embedding import TaskEmbedding
     from .scaling.judges import Judge
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-Fill-dev"
@@ -188,7 +188,7 @@ class Editor:
     def _from_shapes(cls, base, adapter, *, adapter_scale, device, dtype, moe_dispatch) -> Editor:
         """The built-in ShapesEdit model (VAE + Fill transformer + MiniLM), by default with its MoE adapter."""
         from .encoders import MiniLMPromptEncoder
-        from .shapes import models as shapes_models
+        from .shapes_core import models as shapes_models
 
         folder = shapes_models.resolve_folder(base)
         pipe = shapes_models.load_pipeline(folder, dtype=dtype)
@@ -208,7 +208,7 @@ class Editor:
             editor.fuse_adapter()
         task_file = shapes_models.resolve_task_embedding(folder, None if adapter is None else str(adapter))
         if task_file is not None:
-            from .emu.task_embedding import load_task_embedding
+            from .conditioning.task_embedding import load_task_embedding
 
             editor.use_task_embedding(load_task_embedding(task_file))
         return editor
@@ -252,7 +252,7 @@ class Editor:
         (default: the shipped `TaskPredictor`, loaded on first use).
         """
         if embedding is not None:
-            from .emu.task_embedding import temb_width
+            from .conditioning.task_embedding import temb_width
 
             if embedding.dim != temb_width(self.pipe.transformer):
                 raise WeightsError(
@@ -279,7 +279,7 @@ class Editor:
         resolved = list(tasks)
         if unknown:
             if self.task_predictor is None:
-                from .emu.tasks import TaskPredictor
+                from .conditioning.tasks import TaskPredictor
 
                 encoder = self.encoder if hasattr(self.encoder, "embed") else None  # reuse MiniLM if loaded
                 self.task_predictor = TaskPredictor.from_pretrained(encoder=encoder)
@@ -298,7 +298,7 @@ class Editor:
         the whole batch) to its timestep embedding; a no-op context for `tasks=None`."""
         if tasks is None or self.task_embedding is None:
             return contextlib.nullcontext()
-        from .emu.task_embedding import task_conditioning
+        from .conditioning.task_embedding import task_conditioning
 
         return task_conditioning(self.pipe.transformer, self.task_embedding, list(tasks))
 

@@ -1,22 +1,26 @@
 """Multi-turn editing: a session keeps the current image, the history of turns, and undo/redo.
 
-Each turn edits the current image; with thresholding on (Emu Edit's rule, `emu.multiturn`), pixels the
+Each turn edits the current image; with thresholding on (Emu Edit's rule, `conditioning.thresholding`), pixels the
 turn barely changed are reset to their previous values, so drift does not accumulate over turns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from PIL import Image
 
-from .emu.multiturn import DEFAULT_ALPHA, threshold_turn
+from .conditioning.thresholding import DEFAULT_ALPHA, threshold_turn
 from .errors import InputError
-from .images import load_image
+from .images import ImageSource, load_image
 
-if TYPE_CHECKING:
-    from .editor import Editor, ImageInput
+
+class TurnEditor(Protocol):
+    """What a session needs of its editor: `diptych.Editor` is one (and builds sessions with
+    `editor.session(image)`). Typed by shape, so this module does not import the editor, which imports it."""
+
+    def edit(self, image: Image.Image, instruction: str, *, seed: int, **options: Any) -> Image.Image: ...
 
 
 @dataclass
@@ -46,8 +50,8 @@ class EditSession:
 
     def __init__(
         self,
-        editor: Editor,
-        image: ImageInput,
+        editor: TurnEditor,
+        image: ImageSource,
         *,
         threshold: float | None = DEFAULT_ALPHA,
         sigma: float | None = None,

@@ -317,3 +317,30 @@ def test_bad_resolution_and_data_fail_before_the_model_loads(tiny_base, tmp_path
     trainer.accelerator = object()
     with pytest.raises(RuntimeError, match="trains once"):
         trainer.train()
+
+
+@pytest.mark.parametrize("adapter", ["lora", "moe"])
+def test_text_stream_targets_train_export_and_load(tiny_base, tmp_path, make_pairs, fast, adapter):
+    from diptych.adapters.moe import DEFAULT_LORA_TARGETS, DEFAULT_MOE_TARGETS, TEXT_STREAM_TARGETS
+    from diptych.editor import Editor
+    from diptych.train.adapters import trainable_parameters
+
+    targets = [*DEFAULT_LORA_TARGETS, *DEFAULT_MOE_TARGETS, *TEXT_STREAM_TARGETS]
+    options = {**fast, "optimizer": "adamw", "lr": 1e-2, "max_steps": 3, "batch_size": 2}
+    config = TrainConfig(
+        base=tiny_base,
+        data=str(make_pairs(tmp_path / "pairs", 2)),
+        output=str(tmp_path / adapter),
+        adapter=adapter,
+        lora_targets=targets,
+        **options,
+    )
+    run = Trainer(config, show_progress=False)
+    result = run.train()
+    names = list(trainable_parameters(run.unwrapped))
+    assert any(n.startswith("context_embedder.") for n in names) and any("add_k_proj" in n for n in names)
+    trained = Editor.from_pretrained(tiny_base, adapter=str(result.adapter), device="cpu", dtype="fp32")
+    weights = dict(trained.pipe.transformer.named_parameters())
+    plain = dict(Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32").pipe.transformer.named_parameters())
+    changed = [n for n in weights if n in plain and not torch.equal(weights[n], plain[n])]
+    assert "context_embedder.weight" in changed or any("context_embedder" in n for n in weights if n not in plain)

@@ -41,9 +41,11 @@ DISPATCHES: tuple[str, ...] = ("dense", "sparse")
 INITS: tuple[str, ...] = ("gaussian", "kaiming")
 
 BLOCK_LISTS: tuple[str, ...] = ("transformer_blocks", "single_transformer_blocks")
-# Only the image-stream input projection is an official top-level target; the top-level `proj_out`
-# (the output head) shares its name with the single blocks' `proj_out` and must stay untouched.
-TOP_LEVEL_TARGETS: tuple[str, ...] = ("x_embedder",)
+# The image-stream input projection is the only official top-level target; `context_embedder` (the text
+# stream's input projection) may be added for bases whose text pathway needs adapting (TEXT_STREAM_TARGETS).
+# The top-level `proj_out` (the output head) shares its name with the single blocks' `proj_out` and must stay
+# untouched.
+TOP_LEVEL_TARGETS: tuple[str, ...] = ("x_embedder", "context_embedder")
 DEFAULT_MOE_TARGETS: tuple[str, ...] = ("ff.net.2", "proj_out")
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
     "x_embedder",
@@ -54,6 +56,19 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
     "attn.to_out.0",
     "norm.linear",
     "proj_mlp",
+)
+
+#: The text stream's layers, which the official targets leave frozen (FLUX's text pathway is strong already):
+#: its input projection, the double blocks' text-side modulation, attention projections and feed-forward.
+TEXT_STREAM_TARGETS: tuple[str, ...] = (
+    "context_embedder",
+    "norm1_context.linear",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
 )
 
 

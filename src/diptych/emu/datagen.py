@@ -369,7 +369,7 @@ def shapes_items(n: int, *, seed: int = 0, tasks: Iterable[str] | None = None, s
 
     `tasks` restricts the ShapesEdit operations (`diptych.shapes.edits.OPS`); default all.
     """
-    from ..shapes.dataset import resolve_ops
+    from ..shapes_core.dataset import resolve_ops
 
     _check_count(n)
     # Validated here, not in the generator, so a bad task name fails before a model is loaded.
@@ -382,8 +382,8 @@ def _check_count(n: int) -> None:
 
 
 def _shapes_gen(n: int, seed: int, ops: tuple[str, ...], size: int) -> Iterator[DatagenItem]:
-    from ..shapes.dataset import sample_edit
-    from ..shapes.world import caption, describe, object_mask
+    from ..shapes_core.dataset import sample_edit
+    from ..shapes_core.world import caption, describe, object_mask
 
     for index in range(n):
         example = sample_edit("train", index, seed=seed, ops=ops, size=size)
@@ -412,7 +412,7 @@ def _shapes_gen(n: int, seed: int, ops: tuple[str, ...], size: int) -> Iterator[
 
 
 def _scene_locator(scene: Any, size: int) -> Callable[[Instruction], np.ndarray | None]:
-    from ..shapes.world import object_mask
+    from ..shapes_core.world import object_mask
 
     def locate(instruction: Instruction) -> np.ndarray | None:
         # The object the LLM names, if exactly one object of the scene matches its colour and shape.
@@ -434,7 +434,7 @@ def scene_items(
 
 
 def _scene_gen(n: int, seed: int, tasks: tuple[str, ...], size: int) -> Iterator[DatagenItem]:
-    from ..shapes.world import caption, random_scene, render
+    from ..shapes_core.world import caption, random_scene, render
 
     for index in range(n):
         rng = _index_rng(seed, index)
@@ -664,7 +664,7 @@ class ShapesPairFilter:
     @classmethod
     def from_pretrained(cls, folder: str | None = None, **kwargs: Any) -> ShapesPairFilter:
         """Load the shipped judge (or one saved in `folder`); `kwargs` is the threshold."""
-        from ..shapes.judge import ShapesJudge
+        from ..shapes_core.judge import ShapesJudge
 
         return cls(ShapesJudge.from_pretrained(folder) if folder else ShapesJudge.from_pretrained(), **kwargs)
 

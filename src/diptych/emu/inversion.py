@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 from ..canvas import PanelSize
+from ..conditioning.task_embedding import TaskEmbedding, task_conditioning, temb_width
 from ..errors import InputError
 from ..prompts import build_prompt
 from ..train.data import EditSample, make_sample
 from ..train.objective import FlowMatchingObjective
 from ..train.stream import sample_seed, training_diptych
-from .task_embedding import TaskEmbedding, task_conditioning, temb_width
 
 #: `callback(step, steps, loss)` after each optimisation step.
 InversionCallback = Callable[[int, int, float], None]

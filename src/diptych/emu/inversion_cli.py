@@ -69,10 +69,10 @@ def add_invert_task_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_invert_task(args: argparse.Namespace) -> int:
     """Run `diptych invert-task` for parsed arguments; returns the exit code."""
+    from ..conditioning.task_embedding import find_task_embedding, load_task_embedding, save_task_embedding
     from ..train.config import ConfigError, parse_resolution
     from ..train.data import open_dataset
     from .inversion import invert_task
-    from .task_embedding import find_task_embedding, load_task_embedding, save_task_embedding
 
     output = Path(args.output)
     if output.suffix != ".safetensors":

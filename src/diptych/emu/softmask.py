@@ -10,7 +10,7 @@ with default weights (0.5, 0.3, 0.2). The object itself (all three masks 1) may 
 outside it (smooth + box, up to 0.5) lets an edit spill over the silhouette at half strength, as shadows,
 a grown shape or a new outline need; the rest of the box (0.2) gives a changed silhouette a little room; and
 everything else (0) stays the source. Dilation uses a square window (Chebyshev distance `dilate_px`);
-the blur is `diptych.emu.multiturn.gaussian_blur` (truncated at 3 sigma, so M has finite support).
+the blur is `diptych.conditioning.thresholding.gaussian_blur` (truncated at 3 sigma, so M has finite support).
 
 `keep_grid` turns M into what `FillSampler` blends by: per latent cell, keep = 1 - mean(M).
 """
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..conditioning.thresholding import gaussian_blur
 from ..errors import InputError
-from .multiturn import gaussian_blur
 
 __all__ = [
     "DEFAULT_WEIGHTS",

@@ -753,7 +753,7 @@ def load_gedit(path: str | os.PathLike[str], *, languages: Iterable[str] = ("en"
 
 def load_shapes(path: str | os.PathLike[str]) -> Benchmark:
     """A ShapesEdit folder written by `diptych shapes make` (scored by the exact success rule)."""
-    from ..shapes.dataset import load_dataset
+    from ..shapes_core.dataset import load_dataset
 
     folder = Path(path)
     if not folder.is_dir():

@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(parser)
-    from ..cli import run_guarded
+    from ..cli_options import run_guarded
 
     return run_guarded(run_eval, parser.parse_args(argv))
 

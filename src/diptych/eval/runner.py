@@ -404,7 +404,7 @@ def compute_metrics(
     wanted = set(wanted)
     values: dict[str, float] = {}
     if benchmark == "shapes":
-        from ..shapes.edits import judge_edit
+        from ..shapes_core.edits import judge_edit
 
         size = int(sample.meta["size"])
         score = judge_edit(edited.resize((size, size), Image.Resampling.BICUBIC), sample.edit)

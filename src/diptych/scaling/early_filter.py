@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
@@ -23,7 +24,26 @@ from .judges import Judge
 from .tournament import Selection, select_best
 
 if TYPE_CHECKING:
-    from ..editor import Editor, EditRequest
+    from ..sampler import FillSampler, FillState
+
+
+class FilterEditor(Protocol):
+    """The building blocks of `diptych.Editor` that the early filter composes. Typed by shape, so this module
+    does not import the editor, which imports it for `Editor.edit(..., candidates=N)`. `request` is an
+    `EditRequest` and the prepared items are the editor's `PreparedEdit`s."""
+
+    sampler: FillSampler
+    pipe: Any
+
+    def prepare(self, request: Any, *, width: int | None = None, template: str | None = None) -> Any: ...
+
+    def start(self, items: Sequence[Any], *, steps: int, guidance: float) -> FillState: ...
+
+    def finish(self, item: Any, canvas: Image.Image, *, keep_size: bool = False, feather: int = 3) -> Image.Image: ...
+
+    def resolve_tasks(self, instructions: Sequence[str], tasks: Sequence[str | None]) -> list[str] | None: ...
+
+    def task_conditioning(self, tasks: Sequence[str] | None) -> AbstractContextManager[Any]: ...
 
 
 @dataclass
@@ -58,8 +78,8 @@ class EarlyFilterResult:
 
 
 def edit_with_early_filter(
-    editor: Editor,
-    request: EditRequest,
+    editor: FilterEditor,
+    request: Any,
     *,
     judge: Judge,
     candidates: int,
@@ -77,6 +97,8 @@ def edit_with_early_filter(
     progress: Callable[[int, int], None] | None = None,
 ) -> EarlyFilterResult:
     """Run `candidates` seeds (request.seed, request.seed + 1, ...) for `early_steps`, judge, finish the winner.
+
+    `editor` is a `diptych.Editor` and `request` a `diptych.editor.EditRequest`.
 
     `batch_size` bounds how many candidates go through the transformer at once (default: all). With a task
     embedding on the editor, every candidate is conditioned on `request.task` (or the predicted task).

@@ -188,7 +188,7 @@ def load_judge(spec: str) -> Judge:
     if scheme == "local-vlm":
         return _local_vlm(spec, rest)
     if scheme == "shapes":
-        from ..shapes.judge import ShapesJudge
+        from ..shapes_core.judge import ShapesJudge
 
         return ShapesJudge.from_pretrained(rest) if rest else ShapesJudge.from_pretrained()
     raise JudgeSpecError(

@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..emu.multiturn import threshold_turn
+from ..conditioning.thresholding import threshold_turn
 from ..errors import InputError
 from .settings import ApiError
 

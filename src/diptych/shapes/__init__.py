@@ -2,9 +2,14 @@
 
 `world` holds scenes, the renderer and captions; `edits` the edit operations, their phrasings and the
 success rule; `dataset` the splits, the sampler and the JSONL export. Only numpy and PIL are needed.
+They, the built-in models (`models`) and the learned judge (`judge`) live in `diptych.shapes_core`, which
+the `Editor`, the trainer, the judges and evaluation use; `diptych.shapes.world` (and `.edits`, `.dataset`,
+`.models`, `.judge`) are the same modules under their old names. This package is the ShapesEdit lab built
+on top: `diptych shapes` (`cli`), the bench (`bench`), the experiments (`experiments`) and the base models'
+training loops (`train_vae`, `train_base`).
 """
 
-from diptych.shapes.dataset import (
+from diptych.shapes_core.dataset import (
     SPLITS,
     DatasetError,
     Example,
@@ -14,7 +19,7 @@ from diptych.shapes.dataset import (
     sample_edit,
     scene_split,
 )
-from diptych.shapes.edits import (
+from diptych.shapes_core.edits import (
     OPS,
     Edit,
     EditError,
@@ -25,7 +30,7 @@ from diptych.shapes.edits import (
     judge_edit,
     op_names,
 )
-from diptych.shapes.world import (
+from diptych.shapes_core.world import (
     Scene,
     SceneError,
     SceneObject,

@@ -26,8 +26,8 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DiptychError
-from .dataset import load_dataset, sample_edit
-from .edits import Edit, judge_edit
+from ..shapes_core.dataset import load_dataset, sample_edit
+from ..shapes_core.edits import Edit, judge_edit
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {"adapter": "none"},
@@ -78,7 +78,7 @@ def heldout_cases(n: int, *, seed: int = 0) -> list[BenchCase]:
 def val_cases(per_op: int, *, ops: Sequence[str] | None = None, seed: int = 0) -> list[BenchCase]:
     """`per_op` edits of each operation from the validation split (scenes no training or test edit uses),
     seen and held-out phrasings mixed: the fixed set that probes are compared on."""
-    from .edits import op_names
+    from ..shapes_core.edits import op_names
 
     cases = []
     for op in ops or op_names():
@@ -108,8 +108,8 @@ def run_variant(
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Edit every case with one variant and score it; one row per case."""
+    from ..conditioning.tasks import SHAPES_TASKS
     from ..editor import EditRequest
-    from ..emu.tasks import SHAPES_TASKS
 
     def task(case: BenchCase) -> str | None:
         return SHAPES_TASKS[case.task] if options.get("task") == "true" else None

@@ -23,8 +23,8 @@ examples:
 def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     """Register `shapes` (with `make` and `bench`) on the main parser's subparsers."""
     from ..cli_options import add_threads_option
+    from ..shapes_core.dataset import SPLITS
     from .bench import DEFAULT_VARIANTS, VARIANTS
-    from .dataset import SPLITS
 
     shapes = subparsers.add_parser(
         "shapes",
@@ -196,7 +196,7 @@ def _add_run_options(
 
 def run_make(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from .dataset import make_dataset
+    from ..shapes_core.dataset import make_dataset
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
@@ -378,8 +378,8 @@ def run_text_sensitivity_command(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from ..editor import Editor
     from ..images import save_image_atomic
-    from .dataset import sample_edit
-    from .edits import judge_edit
+    from ..shapes_core.dataset import sample_edit
+    from ..shapes_core.edits import judge_edit
 
     example = sample_edit("test", args.index, phrasings="all")
     instruction = args.instruction or example.instruction

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .dataset import Example, sample_edit
-from .edits import Edit, as_unit_rgb, edit_region, get_op, judge_edit
-from .world import allowed_colors, referring_expression, render
+from ..shapes_core.dataset import Example, sample_edit
+from ..shapes_core.edits import Edit, as_unit_rgb, edit_region, get_op, judge_edit
+from ..shapes_core.world import allowed_colors, referring_expression, render
 
 #: The token sets of `token_sets` and `region_losses`, in report order.
 TOKEN_SETS: tuple[str, ...] = ("source", "kept", "edited")
@@ -63,9 +63,9 @@ def inversion_curve(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Success on `n_eval` test edits of `op` after inverting a task vector from each number of examples."""
+    from ..conditioning.tasks import SHAPES_TASKS
     from ..editor import Editor, EditRequest
     from ..emu.inversion import invert_task
-    from ..emu.tasks import SHAPES_TASKS
     from ..errors import InputError
 
     editor = Editor.from_pretrained(base, adapter=adapter, device=device)
@@ -174,10 +174,10 @@ def caption_grounding(
     import torch
 
     from ..editor import Editor
-    from .dataset import scene_split
-    from .edits import T_INSIDE, error_map
+    from ..shapes_core.dataset import scene_split
+    from ..shapes_core.edits import T_INSIDE, error_map
+    from ..shapes_core.world import caption, random_scene
     from .train_base import PRETRAIN_TEMPLATE
-    from .world import caption, random_scene
 
     editor = Editor.from_pretrained(base, adapter="none", device=device)
     size = editor.default_width
@@ -241,8 +241,8 @@ def region_losses(
     import torch
 
     from ..canvas import PanelSize
+    from ..conditioning.tasks import SHAPES_TASKS
     from ..editor import Editor
-    from ..emu.tasks import SHAPES_TASKS
     from ..errors import InputError
     from ..prompts import build_prompt
     from ..train.objective import FlowMatchingObjective
@@ -353,8 +353,8 @@ def text_sensitivity(
     task vectors gets the true task (recolor's), so only the words differ between variants. Images are RGB in
     0..1; `words_l1` averages, per scene, over all pairs of colour words, then over scenes. `progress(k)` is
     called with the number of edits each batch finished."""
+    from ..conditioning.tasks import SHAPES_TASKS
     from ..editor import Editor, EditRequest
-    from ..emu.tasks import SHAPES_TASKS
     from ..errors import InputError
 
     if steps < 1:

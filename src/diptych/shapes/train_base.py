@@ -27,10 +27,10 @@ from PIL import Image, ImageDraw
 from .. import checkpoints as ckpt
 from ..canvas import compose_diptych
 from ..encoders import MiniLMPromptEncoder
+from ..shapes_core.dataset import scene_split
+from ..shapes_core.models import PANEL, TEXT_TOKENS, assemble_pipeline, build_transformer
+from ..shapes_core.world import caption, random_scene, render
 from ..train.objective import FlowMatchingObjective
-from .dataset import scene_split
-from .models import PANEL, TEXT_TOKENS, assemble_pipeline, build_transformer
-from .world import caption, random_scene, render
 
 PRETRAIN_TEMPLATE = "A diptych with two side-by-side images of the same scene. {caption}"
 

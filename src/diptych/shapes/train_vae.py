@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .. import checkpoints as ckpt
-from .models import PANEL, build_vae
-from .world import random_scene, render_array
+from ..shapes_core.models import PANEL, build_vae
+from ..shapes_core.world import random_scene, render_array
 
 
 def scene_batch(rng: np.random.Generator, batch: int, size: int = PANEL) -> torch.Tensor:
@@ -117,8 +117,8 @@ def roundtrip_ceiling(vae, n: int = 200) -> dict[str, float]:
     no model built on this VAE can succeed more often than this."""
     from PIL import Image
 
-    from .dataset import sample_edit
-    from .edits import judge_edit
+    from ..shapes_core.dataset import sample_edit
+    from ..shapes_core.edits import judge_edit
 
     vae.eval()
     device = next(vae.parameters()).device

@@ -97,6 +97,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument(
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, help="trade compute for memory"
     )
+    optim.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the repeated transformer blocks (the first steps compile for a minute or more)",
+    )
     optim.add_argument("--mixed-precision", choices=("auto", "fp32", "bf16"), help="default: bf16 on CUDA")
     optim.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even with a GPU")
     add_threads_option(optim)
@@ -196,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(parser)
-    from ..cli import run_guarded
+    from ..cli_options import run_guarded
 
     return run_guarded(run_train, parser.parse_args(argv))
 

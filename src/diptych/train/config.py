@@ -83,6 +83,7 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float | None = None
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the repeated transformer blocks (diffusers' regional compilation)
     mixed_precision: str = "auto"
     # objective and data
     resolution: tuple[int, int] = (512, 512)
@@ -143,6 +144,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if self.edit_weight < 1:
             raise ConfigError(f"edit_weight must be at least 1 (1 = no weighting), got {self.edit_weight}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         if not isinstance(self.task_embedding, bool):
             raise ConfigError(f"task_embedding must be true or false, got {self.task_embedding!r}")
         for name in ("max_steps", "rank", "num_experts", "top_k", "batch_size", "grad_accum", "log_every"):

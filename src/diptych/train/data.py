@@ -451,7 +451,7 @@ class CallableDataset(EditDataset):
 
 def shapes_dataset(split: str = "train", *, seed: int = 0, size: int = 64, length: int = 100_000, **kwargs: Any):
     """ShapesEdit edits generated on the fly (`diptych.shapes.sample_edit`), as a `CallableDataset`."""
-    from ..shapes import sample_edit
+    from ..shapes_core import sample_edit
 
     def make(index: int):
         return sample_edit(split, index, seed=seed, size=size, **kwargs)

@@ -178,7 +178,7 @@ class Trainer:
             set_collect_stats(transformer, True)
         self.task_embedding = None
         if cfg.task_embedding:  # before collecting parameters: its vectors train, checkpoint and resume too
-            from ..emu.task_embedding import TaskEmbedding, attach_task_embedding
+            from ..conditioning.task_embedding import TaskEmbedding, attach_task_embedding
 
             self.task_embedding = attach_task_embedding(transformer, TaskEmbedding.for_transformer(transformer))
         params = trainable_parameters(transformer)
@@ -187,6 +187,9 @@ class Trainer:
         self.param_names = list(params)
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        if cfg.compile:
+            # diffusers' regional compilation: each repeated block class compiles once, adapters included
+            transformer.compile_repeated_blocks()
         transformer.train()
         self.guidance_embeds = bool(transformer.config.guidance_embeds)
 
@@ -337,7 +340,7 @@ class Trainer:
         """Task conditioning of a batch (each sample's task label in the taxonomy; none: no vector)."""
         if self.task_embedding is None:
             return contextlib.nullcontext()
-        from ..emu.task_embedding import task_conditioning, taxonomy_task
+        from ..conditioning.task_embedding import task_conditioning, taxonomy_task
 
         return task_conditioning(self.unwrapped, self.task_embedding, [taxonomy_task(item.task) for item in batch])
 
@@ -494,7 +497,7 @@ class Trainer:
         """The adapter file in `folder`, plus `task_embedding.safetensors` when task vectors are trained."""
         path = export_adapter(model, self.config, folder)
         if self.task_embedding is not None:
-            from ..emu.task_embedding import TASK_EMBEDDING_FILE, save_task_embedding
+            from ..conditioning.task_embedding import TASK_EMBEDDING_FILE, save_task_embedding
 
             save_task_embedding(self.task_embedding, folder / TASK_EMBEDDING_FILE)
         return path
