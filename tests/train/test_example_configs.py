@@ -38,6 +38,7 @@ def test_training_config_runs_one_step(path, tmp_path, tiny_base, make_pairs, ca
     config = build_config(path)  # loads: known keys, valid values
     out = tmp_path / "run"
     args = ["--config", str(path), "--output", str(out), "--max-steps", "1", "--batch-size", "2"]
+    args += ["--cache-dir", str(tmp_path / "cache")]  # a config's own cache folder stays untouched
     args += ["--num-validation", "0", "--checkpoint-every", "0", "--cpu", "-q", "--threads", "1"]
     if is_builtin_base(config.base):
         # The built-in model is small enough to run at its own 64 px. ShapesEdit data is generated on the fly

@@ -46,6 +46,8 @@ def model_fingerprint(module: torch.nn.Module, *extra: object) -> str:
     config = getattr(module, "config", None)
     if config is not None:
         items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        # private keys such as `_name_or_path` say where the weights were read from, not what they are
+        items = {k: v for k, v in items.items() if not k.startswith("_")}
         digest.update(json.dumps(items, sort_keys=True, default=str).encode())
     digest.update(json.dumps([str(e) for e in extra]).encode())
     for name, tensor in module.state_dict().items():
