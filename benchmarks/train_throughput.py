@@ -28,7 +28,9 @@ from diptych.train.config import TrainConfig
 from diptych.train.trainer import Trainer
 
 
-def trainer(data: Path, output: Path, *, batch: int, adapter: str, cache_dir: Path | None) -> Trainer:
+def trainer(
+    data: Path, output: Path, *, batch: int, adapter: str, cache_dir: Path | None, compile: bool = False
+) -> Trainer:
     config = TrainConfig(
         base="shapes",
         data=str(data),
@@ -47,6 +49,7 @@ def trainer(data: Path, output: Path, *, batch: int, adapter: str, cache_dir: Pa
         num_validation=0,
         tensorboard=False,
         cache_dir=str(cache_dir) if cache_dir else None,
+        compile=compile,
     )
     run = Trainer(config, show_progress=False)
     run._setup()  # the model, data stream and optimizer, as train() sets them up, without its loop
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="batches in the data (one pass fills the cache)")
     parser.add_argument("--adapter", choices=("moe", "lora"), default="moe")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also time a warm-cache trainer with --compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,11 +80,18 @@ def main() -> None:
         plain = trainer(root / "data", root / "plain", cache_dir=None, **options)
         cached = trainer(root / "data", root / "cached", cache_dir=root / "cache", **options)
         fill = [timed_step(cached) for _ in range(args.batches)]  # the first pass encodes and stores
-        timed_step(plain)  # warm-up
-        times: dict[str, list[float]] = {"uncached": [], "warm cache": []}
+        trainers = {"uncached": plain, "warm cache": cached}
+        if args.compile:
+            trainers["warm cache + compile"] = trainer(
+                root / "data", root / "compiled", cache_dir=root / "cache", compile=True, **options
+            )
+        for run in trainers.values():
+            for _ in range(3):  # warm-up (and, with --compile, compilation)
+                timed_step(run)
+        times: dict[str, list[float]] = {name: [] for name in trainers}
         for _ in range(args.rounds):
-            times["uncached"].append(timed_step(plain))
-            times["warm cache"].append(timed_step(cached))
+            for name, run in trainers.items():
+                times[name].append(timed_step(run))
         hit_rate = cached.latent_cache.store.hits / max(
             1, cached.latent_cache.store.hits + cached.latent_cache.store.misses
         )
