@@ -60,7 +60,8 @@ def test_random_fill_masks_cover_every_kind():
 
 
 def test_the_shipped_adapter_recipes_are_valid_configs():
-    """examples/shapes/*.yaml are the configs the shipped adapters were trained with (docs/shapes.md)."""
+    """examples/shapes/*.yaml: the configs the shipped adapters were trained with, and the best probe recipe
+    (docs/shapes.md)."""
     from pathlib import Path
 
     from diptych.train.config import build_config
@@ -69,8 +70,11 @@ def test_the_shipped_adapter_recipes_are_valid_configs():
     configs = {p.stem: build_config(p) for p in sorted(folder.glob("*.yaml"))}
     # (the shipped adapters are these runs resumed to 4800 steps; no config resumes a checkpoint that a new
     # user does not have: tests/train/test_example_configs.py runs each one)
-    assert set(configs) == {"moe", "lora", "moe-noinvert"}
+    assert set(configs) == {"moe", "lora", "moe-noinvert", "probe-recolor"}
     assert configs["moe"].adapter == "moe" and configs["moe"].task_embedding and configs["moe"].gate == "learned"
     assert configs["lora"].adapter == "lora" and configs["lora"].rank == 64
     assert all(config.resume is None for config in configs.values())
     assert configs["moe-noinvert"].data == "runs/shapes-train-noinvert" and configs["moe-noinvert"].task_embedding
+    # the best recolor probe (docs/shapes.md, probe ladder): edit weighting and the text stream adapted
+    probe = configs["probe-recolor"]
+    assert probe.loss_weighting == "edit" and "context_embedder" in probe.lora_targets and probe.cache_dir
