@@ -9,62 +9,7 @@ on top: `diptych shapes` (`cli`), the bench (`bench`), the experiments (`experim
 training loops (`train_vae`, `train_base`).
 """
 
-from diptych.shapes_core.dataset import (
-    SPLITS,
-    DatasetError,
-    Example,
-    Record,
-    load_dataset,
-    make_dataset,
-    sample_edit,
-    scene_split,
-)
-from diptych.shapes_core.edits import (
-    OPS,
-    Edit,
-    EditError,
-    EditOp,
-    EditScore,
-    edit_region,
-    get_op,
-    judge_edit,
-    op_names,
-)
-from diptych.shapes_core.world import (
-    Scene,
-    SceneError,
-    SceneObject,
-    caption,
-    object_mask,
-    random_scene,
-    referring_expression,
-    render,
-)
+from diptych import shapes_core as _core
+from diptych.shapes_core import *  # noqa: F403 (the lab re-exports the core's public names, one list for both)
 
-__all__ = [
-    "OPS",
-    "SPLITS",
-    "DatasetError",
-    "Edit",
-    "EditError",
-    "EditOp",
-    "EditScore",
-    "Example",
-    "Record",
-    "Scene",
-    "SceneError",
-    "SceneObject",
-    "caption",
-    "edit_region",
-    "get_op",
-    "judge_edit",
-    "load_dataset",
-    "make_dataset",
-    "object_mask",
-    "op_names",
-    "random_scene",
-    "referring_expression",
-    "render",
-    "sample_edit",
-    "scene_split",
-]
+__all__ = _core.__all__
