@@ -246,3 +246,29 @@ def test_fused_lora_matches_unfused_and_unfuse_restores(tiny_base, tiny_lora, so
 def test_fuse_without_adapter_is_refused(tiny_editor):
     with pytest.raises(InputError, match="no adapter to fuse"):
         tiny_editor.fuse_adapter()
+
+
+def test_edit_many_isolated_fails_only_the_bad_edit():
+    from diptych.editor import edit_many_isolated
+
+    class Batcher:
+        def __init__(self):
+            self.calls = []
+
+        def edit_many(self, requests, **options):
+            self.calls.append(len(requests))
+            if any(r == "bad" for r in requests):
+                raise InputError("bad edit")
+            if any(r == "bug" for r in requests):
+                raise RuntimeError("a bug")
+            return [f"{r}:{options['steps']}" for r in requests]
+
+    editor = Batcher()
+    out = edit_many_isolated(editor, ["a", "bad", "c"], steps=2)
+    assert out[0] == "a:2" and out[2] == "c:2" and isinstance(out[1], InputError)
+    assert editor.calls == [3, 1, 1, 1]  # the batch, then each alone
+    assert edit_many_isolated(editor, ["a", "c"], steps=1) == ["a:1", "c:1"] and editor.calls[-1] == 2
+    with pytest.raises(RuntimeError):  # only the listed errors are caught
+        edit_many_isolated(editor, ["a", "bug"], steps=1)
+    out = edit_many_isolated(editor, ["bug", "a"], errors=(Exception,), steps=1)
+    assert isinstance(out[0], RuntimeError) and out[1] == "a:1"

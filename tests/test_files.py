@@ -1,5 +1,6 @@
-"""Atomic writes (`diptych.files`): the whole new file or the old one, never a partial file or a stray temp."""
+"""Atomic writes and resumable logs (`diptych.files`): never a partial file, a stray temp or a torn line."""
 
+import json
 import os
 
 import pytest
@@ -33,3 +34,20 @@ def test_a_missing_folder_is_an_error_not_a_stray_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         write_atomic(tmp_path / "nope" / "x.txt", "x")
     assert os.listdir(tmp_path) == []
+
+
+def test_jsonl_log_cuts_a_torn_tail_locks_and_appends_whole_lines(tmp_path):
+    from diptych.errors import InputError
+    from diptych.files import JsonlLog, complete_lines
+
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"id": "a"}\n\n{"id": "b"}\n{"id": "c", "tru')  # a crash mid-append
+    assert [n for n, _ in complete_lines(path)] == [1, 3]  # the blank line and the torn tail are skipped
+    with JsonlLog(path, error=InputError, writer="test run", busy="try later") as log:
+        assert path.read_bytes().endswith(b'{"id": "b"}\n')  # the torn tail was cut on opening
+        with pytest.raises(InputError, match=r"another test run is writing .*; try later"):
+            JsonlLog(path, error=InputError, writer="test run", busy="try later")
+        log.append({"id": "d", "value": 1})
+    assert [json.loads(line)["id"] for _, line in complete_lines(path)] == ["a", "b", "d"]
+    assert complete_lines(tmp_path / "missing.jsonl") == []
+    JsonlLog(path).close()  # the lock went with the first log

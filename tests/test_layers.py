@@ -27,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 #: Lowest first. A part may import parts of its own layer and of the layers before it, never after it.
 LAYERS: list[tuple[str, frozenset[str]]] = [
     # import nothing of diptych but `errors`
-    ("foundation", frozenset({"errors", "files", "hub", "cli_options"})),
+    ("foundation", frozenset({"errors", "files", "hub", "cli_options", "devices"})),
     # images, layout, prompts, text encoders, the sampling loop, adapters, checkpoints, Emu Edit's
     # conditioning (task embeddings, task predictor, thresholding), the built-in ShapesEdit world and models
     (
@@ -42,13 +42,14 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "adapters",
                 "checkpoints",
                 "conditioning",
+                "metrics",
                 "shapes_core",
             }
         ),
     ),
-    # the Editor (the loader) and what it offers through its API: early filtering (judges, tournaments) and
-    # multi-turn sessions; `scaling` and `session` take the editor as an argument and never import it
-    ("editor", frozenset({"scaling", "session", "editor"})),
+    # the one loader (`loading`), the Editor and what it offers through its API: early filtering (judges,
+    # tournaments) and multi-turn sessions; `scaling` and `session` take the editor as an argument and never import it
+    ("editor", frozenset({"loading", "scaling", "session", "editor"})),
     # built on the Editor: training, evaluation, serving, Emu Edit's data generation and task inversion, the
     # ShapesEdit lab (training loops, bench, experiments), the offline test pipelines
     ("applications", frozenset({"train", "eval", "serve", "emu", "shapes", "testing"})),

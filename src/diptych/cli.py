@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_options import add_threads_option, is_builtin_base, run_guarded
+from .cli_options import BASE_HELP, add_model_options, is_builtin_base, model_options, run_guarded
 from .errors import DiptychError, InputError
 
 DEFAULT_EARLY_STEPS = 10  # the paper's: 10 early steps per candidate (clamped to --steps when not given)
@@ -64,20 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--overwrite", action="store_true", help="redo batch items whose output exists")
 
     model = edit.add_argument_group("model")
-    model.add_argument(
-        "--base",
-        default=None,
-        help="Fill model: hub id or local diffusers folder (default black-forest-labs/FLUX.1-Fill-dev), or shapes: "
-        "the built-in ShapesEdit model (offline, 64-px panels)",
-    )
-    model.add_argument("--lora", default=None, help="adapter: .safetensors file, folder or hub id")
-    model.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (default 1.0)")
-    model.add_argument(
-        "--moe-dispatch",
-        choices=("dense", "sparse"),
-        default="dense",
-        help="LoRA-MoE adapters: dense (official) or sparse (only the chosen experts; faster)",
-    )
+    add_model_options(model, base_help=BASE_HELP + " (default black-forest-labs/FLUX.1-Fill-dev)")
     model.add_argument("--fuse", action="store_true", help="fold the adapter into the base weights (faster)")
     model.add_argument(
         "--task",
@@ -90,16 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="task embedding (default: the --lora folder's task_embedding.safetensors, if any)",
     )
     model.add_argument("--routing-stats", metavar="JSON", help="LoRA-MoE adapters: write expert usage per layer")
-    model.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
-    model.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
-    model.add_argument(
-        "--offload",
-        choices=("none", "model", "sequential"),
-        default="none",
-        help="CPU offload to save GPU memory (model: fits 24 GB cards)",
-    )
-    model.add_argument("--local-files-only", action="store_true", help="never contact the hub")
-    add_threads_option(model)
 
     sampling = edit.add_argument_group("sampling")
     sampling.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
@@ -254,16 +231,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from .editor import DEFAULT_BASE, Editor, EditRequest
     from .images import save_image_atomic
 
-    editor = Editor.from_pretrained(
-        args.base or DEFAULT_BASE,
-        adapter=args.lora,
-        adapter_scale=args.lora_scale,
-        device=args.device,
-        dtype=args.dtype,
-        offload=args.offload,
-        local_files_only=args.local_files_only,
-        moe_dispatch=args.moe_dispatch,
-    )
+    editor = Editor.from_pretrained(args.base or DEFAULT_BASE, args.lora, **model_options(args))
     if args.fuse:
         editor.fuse_adapter()
     _use_task_embedding(editor, args)

@@ -1,5 +1,6 @@
 """What every `diptych` command shares: `run_guarded` (errors to one line and exit code 2), `--threads`,
-quiet loading under `-q`, and the built-in model's defaults.
+quiet loading under `-q`, the model options (`add_model_options`: one meaning each on every command that
+loads a Fill model), and the built-in model's defaults.
 
 `run_guarded`, which runs every subcommand (`diptych ...` and `python -m diptych.train.cli` /
 `diptych.eval.cli` alike), applies `--threads` and `-q` before the command starts, so a subcommand only
@@ -14,6 +15,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 
+from .devices import DTYPE_CHOICES, OFFLOAD_MODES
 from .errors import DiptychError, InputError
 
 #: Panel side of the built-in ShapesEdit model (`diptych.shapes.models.PANEL`; a test keeps them equal).
@@ -28,6 +30,83 @@ THREADS_HELP = (
 def is_builtin_base(base: object) -> bool:
     """Whether `base` names the built-in ShapesEdit model (`shapes` or `shapes:FOLDER`)."""
     return isinstance(base, str) and (base == "shapes" or base.startswith("shapes:"))
+
+
+#: `--moe-dispatch` values (`diptych.adapters.moe.DISPATCHES`; a test keeps them equal without importing torch here).
+MOE_DISPATCH_CHOICES = ("dense", "sparse")
+
+BASE_HELP = (
+    "Fill model: hub id or local diffusers folder (FLUX.1 Fill dev: black-forest-labs/FLUX.1-Fill-dev), or shapes: "
+    "the built-in ShapesEdit model (offline, 64-px panels)"
+)
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    base_default: str | None = None,
+    base_required: bool = False,
+    base_help: str = BASE_HELP,
+) -> None:
+    """The options that choose and place the model, with one meaning on every command: `--base`, `--lora`
+    (the adapter's weights: a .safetensors file, a folder or a hub id), `--lora-scale`, `--moe-dispatch`,
+    `--device`, `--dtype`, `--offload`, `--local-files-only` and `--threads`. `model_options(args)` turns them
+    into `load_fill_pipeline` / `Editor.from_pretrained` keywords."""
+    default = f" (default {base_default})" if base_default else ""
+    parser.add_argument("--base", default=base_default, required=base_required, help=base_help + default)
+    parser.add_argument(
+        "--lora",
+        default=None,
+        help="adapter weights (plain LoRA or LoRA-MoE): .safetensors file, folder or hub id; with --base shapes "
+        "also moe (the default), lora or none",
+    )
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (default 1.0)")
+    parser.add_argument(
+        "--moe-dispatch",
+        choices=MOE_DISPATCH_CHOICES,
+        default="dense",
+        help="LoRA-MoE adapters: dense (official) or sparse (only the chosen experts; faster at FLUX sizes)",
+    )
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default=None, help="weights' precision (default: bf16 on CUDA, else fp32)"
+    )
+    parser.add_argument(
+        "--offload",
+        choices=OFFLOAD_MODES,
+        default="none",
+        help="CPU offload to save accelerator memory (model: fits 24 GB cards; sequential: least memory)",
+    )
+    parser.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+    add_threads_option(parser)
+
+
+class RenamedOption(argparse.Action):
+    """An old option name kept working: stores into the new option's `dest` and warns once on stderr.
+
+    `parser.add_argument("--adapter", dest="lora", action=RenamedOption, new="--lora", help=argparse.SUPPRESS)`
+    """
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"diptych: warning: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The keywords of `load_fill_pipeline` / `Editor.from_pretrained` from `add_model_options`' arguments
+    (the base and adapter are passed positionally: `args.base`, `args.lora`)."""
+    return {
+        "adapter_scale": args.lora_scale,
+        "device": args.device,
+        "dtype": args.dtype,
+        "offload": args.offload,
+        "local_files_only": args.local_files_only,
+        "moe_dispatch": args.moe_dispatch,
+    }
 
 
 def add_threads_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -10,21 +10,19 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, FluxFillPipeline, FluxTransformer2DModel
+from diffusers import FluxFillPipeline
 from PIL import Image
 
 from . import canvas as cv
-from .adapters.load import load_adapter
-from .adapters.lora import check_adapter_hub_access
+from .devices import default_device, default_dtype  # noqa: F401  (public names kept importable from here)
 from .encoders import FluxPromptEncoder, PromptEncoder
-from .errors import InputError, WeightsError
-from .hub import check_hub_access
+from .errors import DiptychError, InputError, WeightsError
 from .images import load_image, load_mask, validate_instruction
+from .loading import DEFAULT_BASE, OFFLOAD_MODES, check_fill_transformer, load_fill_pipeline  # noqa: F401
 from .prompts import build_prompt, resolve_template
 from .sampler import FillSampler, FillState
 
@@ -32,8 +30,6 @@ if TYPE_CHECKING:
     from .conditioning.task_embedding import TaskEmbedding
     from .scaling.judges import Judge
 
-DEFAULT_BASE = "black-forest-labs/FLUX.1-Fill-dev"
-OFFLOAD_MODES = ("none", "model", "sequential")
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 ProgressCallback = Callable[[int, int], None]
@@ -63,18 +59,6 @@ class PreparedEdit:
     seed: int
     mask: Image.Image | None  # user mask at the source's size
     keep_grid: np.ndarray | None  # latent cells of the canvas that must keep the source
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 class Editor:
@@ -133,84 +117,26 @@ class Editor:
         `offload`: "none" (everything on `device`), "model" (each model moves to the GPU while it runs;
         fits 24 GB cards) or "sequential" (layer by layer; least memory, slowest).
         """
-        if offload not in OFFLOAD_MODES:
-            raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
-        device = torch.device(device) if device is not None else default_device()
-        dtype = _parse_dtype(dtype) if dtype is not None else default_dtype(device)
-        if offload != "none" and device.type == "cpu":
-            raise InputError(f"offload={offload!r} moves models to an accelerator; with device=cpu use 'none'")
-
-        base = str(base)
-        if base == "shapes" or base.startswith("shapes:"):
-            return cls._from_shapes(
-                base, adapter, adapter_scale=adapter_scale, device=device, dtype=dtype, moe_dispatch=moe_dispatch
-            )
-        _check_base_exists(base)
-        base_local_only = check_hub_access(
+        model = load_fill_pipeline(
             base,
-            what="the base model",
-            fix=(
-                "FLUX.1 Fill dev is gated: accept its licence on the hub page, log in (`huggingface-cli login`), "
-                f"then `huggingface-cli download {base}`; or pass a local folder with --base"
-            ),
+            adapter,
+            adapter_scale=adapter_scale,
+            device=device,
+            dtype=dtype,
+            offload=offload,
             local_files_only=local_files_only,
+            moe_dispatch=moe_dispatch,
         )
-        if adapter is not None and not Path(adapter).exists():  # a hub id: fail before the base loads, not after
-            check_adapter_hub_access(adapter, local_files_only=local_files_only)
-        transformer_cfg = _load_config(FluxTransformer2DModel, base, "transformer", base_local_only)
-        vae_cfg = _load_config(AutoencoderKL, base, "vae", base_local_only)
-        check_fill_transformer(transformer_cfg, vae_cfg, where=base)
-        try:
-            pipe = FluxFillPipeline.from_pretrained(base, dtype=dtype, local_files_only=base_local_only)
-        except (OSError, ValueError) as err:
-            raise WeightsError(f"cannot load the pipeline from {base}: {err}") from err
-        for module in pipe.components.values():
-            if isinstance(module, torch.nn.Module):
-                module.eval()
-
-        adapter_kind = None
-        if adapter is not None:
-            adapter_kind = load_adapter(
-                pipe, adapter, scale=adapter_scale, local_files_only=local_files_only, moe_dispatch=moe_dispatch
-            )
-
-        if offload == "model":
-            pipe.enable_model_cpu_offload(device=device)
-        elif offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=device)
-        else:
-            pipe.to(device)
-        editor = cls(pipe)
-        editor.adapter_kind = adapter_kind
-        return editor
-
-    @classmethod
-    def _from_shapes(cls, base, adapter, *, adapter_scale, device, dtype, moe_dispatch) -> Editor:
-        """The built-in ShapesEdit model (VAE + Fill transformer + MiniLM), by default with its MoE adapter."""
-        from .encoders import MiniLMPromptEncoder
-        from .shapes_core import models as shapes_models
-
-        folder = shapes_models.resolve_folder(base)
-        pipe = shapes_models.load_pipeline(folder, dtype=dtype)
-        adapter_path = shapes_models.resolve_adapter(folder, None if adapter is None else str(adapter))
-        adapter_kind = None
-        if adapter_path is not None:
-            adapter_kind = load_adapter(pipe, adapter_path, scale=adapter_scale, moe_dispatch=moe_dispatch)
-        pipe.to(device)
-        encoder = MiniLMPromptEncoder.from_pretrained(
-            max_length=shapes_models.TEXT_TOKENS, device=device, **shapes_models.text_encoder_options(folder)
-        )
-        editor = cls(pipe, encoder=encoder, default_width=shapes_models.PANEL)
-        editor.adapter_kind = adapter_kind
-        if adapter_kind is not None:
+        editor = cls(model.pipe, encoder=model.encoder, default_width=model.default_width)
+        editor.adapter_kind = model.adapter_kind
+        if model.builtin and model.adapter_kind is not None:
             # Equal up to float rounding and 20% faster on a CPU (benchmarks/shapes_speed.py); unfuse_adapter()
             # before changing the adapter's scale.
             editor.fuse_adapter()
-        task_file = shapes_models.resolve_task_embedding(folder, None if adapter is None else str(adapter))
-        if task_file is not None:
+        if model.task_embedding_file is not None:
             from .conditioning.task_embedding import load_task_embedding
 
-            editor.use_task_embedding(load_task_embedding(task_file))
+            editor.use_task_embedding(load_task_embedding(model.task_embedding_file))
         return editor
 
     # ------------------------------------------------------------------ adapters
@@ -482,6 +408,27 @@ class Editor:
 
 
 # ---------------------------------------------------------------------- helpers
+def edit_many_isolated(
+    editor, requests: Sequence, *, errors: tuple[type[BaseException], ...] = (DiptychError,), **options
+) -> list[Image.Image | BaseException]:
+    """`editor.edit_many(requests, **options)`, except that one bad edit fails alone: when the batch raises one
+    of `errors`, every request is run on its own and a failing one's slot holds its exception (the others
+    their images). Any editor with an `edit_many` will do; the eval runner and the server's batcher use it."""
+    requests = list(requests)
+    try:
+        return list(editor.edit_many(requests, **options))
+    except errors as err:
+        if len(requests) == 1:
+            return [err]
+    outputs: list[Image.Image | BaseException] = []
+    for request in requests:
+        try:
+            outputs.append(editor.edit_many([request], **options)[0])
+        except errors as err:
+            outputs.append(err)
+    return outputs
+
+
 def _as_request(item: EditRequest | tuple | dict, index: int) -> EditRequest:
     if isinstance(item, EditRequest):
         return item
@@ -495,59 +442,3 @@ def _as_request(item: EditRequest | tuple | dict, index: int) -> EditRequest:
     if isinstance(item, tuple) and 2 <= len(item) <= 5:
         return EditRequest(*item)
     raise InputError(f"edit #{index}: expected an EditRequest, a dict or an (image, instruction, seed) tuple")
-
-
-def _parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-    }
-    if dtype not in names:
-        raise InputError(f"dtype must be one of {', '.join(names)}, got {dtype!r}")
-    return names[dtype]
-
-
-def _check_base_exists(base: str) -> None:
-    path = Path(base)
-    looks_local = path.is_absolute() or base.startswith(".") or base.count("/") != 1 or path.exists()
-    if looks_local and not path.is_dir():
-        raise WeightsError(f"base model folder {base} does not exist")
-    if path.is_dir() and not (path / "model_index.json").is_file():
-        raise WeightsError(
-            f"{base} is not a diffusers pipeline folder (no model_index.json); save one with "
-            "FluxFillPipeline.save_pretrained or download black-forest-labs/FLUX.1-Fill-dev"
-        )
-
-
-def _load_config(model_cls, base: str, subfolder: str, local_files_only: bool) -> dict:
-    try:
-        return model_cls.load_config(base, subfolder=subfolder, local_files_only=local_files_only)
-    except Exception as err:
-        if Path(base).is_dir():
-            raise WeightsError(f"{base}/{subfolder} has no readable config.json ({err})") from err
-        raise WeightsError(
-            f"cannot load {base!r}: its weights are not in the local Hugging Face cache and the hub could not "
-            f"be reached ({type(err).__name__}). FLUX.1 Fill dev is gated: accept its licence on the hub page, "
-            f"log in (`huggingface-cli login`), then `huggingface-cli download {base}`; or pass a local folder"
-        ) from err
-
-
-def check_fill_transformer(transformer_cfg, vae_cfg, *, where: str) -> None:
-    """Refuse a transformer that is not a Fill model: its input must take noisy latents, masked-image latents
-    and the packed mask (384 channels for FLUX.1 Fill)."""
-    latent = vae_cfg["latent_channels"]
-    scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
-    expected = 8 * latent + 4 * scale * scale
-    got = transformer_cfg["in_channels"]
-    if got != expected:
-        hint = " (a text-to-image FLUX model)" if got == 4 * latent else ""
-        raise WeightsError(
-            f"{where} is not a FLUX Fill model: its transformer takes {got} input channels{hint}, a Fill model "
-            f"takes {expected}. Use black-forest-labs/FLUX.1-Fill-dev or a folder saved from it"
-        )

@@ -12,3 +12,9 @@ class InputError(DiptychError, ValueError):
 
 class WeightsError(DiptychError):
     """Model or adapter weights are missing, of the wrong kind, or malformed."""
+
+
+def as_sentence(exc: BaseException) -> str:
+    """A library exception's message as one sentence ending in a period, to append advice after it."""
+    text = " ".join(str(exc).split()).rstrip(".")
+    return f"{text or type(exc).__name__}."

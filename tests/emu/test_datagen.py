@@ -18,6 +18,7 @@ from PIL import Image
 from diptych.emu import datagen as dg
 from diptych.emu.datagen_cli import add_datagen_parser, run_datagen
 from diptych.errors import DiptychError
+from diptych.scaling.judges import CLIPJudge
 from diptych.shapes.dataset import sample_edit
 from diptych.testing import FakeChatServer, save_tiny_clip, tiny_clip_tokenizer
 
@@ -332,15 +333,17 @@ def test_clip_filter_scores_and_thresholds(clip_dir):
     assert verdict.keep and set(verdict.scores) == {"clip_dir", "clip_i", "clip_out"}
     assert all(-1.0001 <= v <= 1.0001 for v in verdict.scores.values())
 
-    # The scores recomputed from the model's sub-modules.
-    judge = lenient.judge
-    with torch.no_grad():
-        emb = judge.embed_images([source, edited])
-        t0, t1 = judge.embed_text("a blue ball on grass")[0], judge.embed_text(GOOD["new_caption"])[0]
+    # The scores recomputed from the benchmarks' CLIP embeddings (normalised, official preprocessing): the
+    # filter's CLIP-dir, CLIP-I and CLIP-out are the metrics of the same names.
+    clip = lenient.clip
+    emb = clip.image_embeddings([source, edited])
+    t0, t1 = clip.text_embeddings(["a blue ball on grass", GOOD["new_caption"]])
     cos = torch.nn.functional.cosine_similarity
     assert verdict.scores["clip_i"] == pytest.approx(float(cos(emb[0], emb[1], dim=0)), abs=1e-5)
     assert verdict.scores["clip_dir"] == pytest.approx(float(cos(emb[1] - emb[0], t1 - t0, dim=0)), abs=1e-5)
+    assert verdict.scores["clip_out"] == pytest.approx(float(cos(emb[1], t1, dim=0)), abs=1e-5)
 
+    judge = CLIPJudge.from_pretrained(str(clip_dir), device="cpu")  # a CLIP judge's model serves too
     strict = dg.CLIPPairFilter(judge, min_direction=-1, min_image=1.0)
     dropped = strict(candidate)
     assert not dropped.keep and dropped.reason.startswith("clip_i")

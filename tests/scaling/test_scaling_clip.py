@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from diptych.errors import InputError, WeightsError
@@ -33,16 +32,14 @@ def images() -> tuple[Image.Image, list[Image.Image]]:
 
 
 def reference_scores(folder: Path, source: Image.Image, cands: list[Image.Image], weight: float) -> list[float]:
-    """The formula computed independently: sub-modules of the model, numpy cosines."""
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    """The formula computed independently in numpy, on the benchmarks' CLIP embeddings (`ClipMetrics`,
+    itself checked against the model's sub-modules in tests/eval/test_metrics_models.py): CLIP-dir towards
+    the instruction + weight x CLIP-I, on normalised embeddings."""
+    from diptych.metrics import ClipMetrics
 
-    model = CLIPModel.from_pretrained(folder).eval()
-    pixels = CLIPImageProcessor.from_pretrained(folder)(images=[source, *cands], return_tensors="pt")
-    tokens = CLIPTokenizer.from_pretrained(folder)([INSTRUCTION], return_tensors="pt")
-    with torch.no_grad():
-        img = model.visual_projection(model.vision_model(pixel_values=pixels["pixel_values"]).pooler_output)
-        txt = model.text_projection(model.text_model(**tokens).pooler_output)[0]
-    img_np, txt_np = img.numpy().astype(np.float64), txt.numpy().astype(np.float64)
+    clip = ClipMetrics.from_pretrained(str(folder), device="cpu")
+    img_np = clip.image_embeddings([source, *cands]).numpy().astype(np.float64)
+    txt_np = clip.text_embeddings([INSTRUCTION])[0].numpy().astype(np.float64)
 
     def cos(u: np.ndarray, v: np.ndarray) -> float:
         return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
@@ -89,7 +86,7 @@ def test_missing_or_broken_weights_explain_how_to_get_them(tmp_path: Path) -> No
         CLIPJudge.from_pretrained(str(tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(WeightsError, match="could not load the CLIP judge model") as info:
+    with pytest.raises(WeightsError, match="could not load the CLIP model") as info:
         CLIPJudge.from_pretrained(str(empty))
     assert "save_pretrained" in str(info.value)
 

@@ -300,12 +300,12 @@ def test_two_processes_agree_with_one_on_the_same_global_batch(tiny_base, tmp_pa
 
 
 def test_bad_resolution_and_data_fail_before_the_model_loads(tiny_base, tmp_path, make_pairs, capsys, monkeypatch):
-    import diptych.editor
+    import diptych.loading
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model should not be loaded")
 
-    monkeypatch.setattr(diptych.editor.Editor, "from_pretrained", no_load)
+    monkeypatch.setattr(diptych.loading, "load_fill_pipeline", no_load)
     data = make_pairs(tmp_path / "pairs", 1)
     args = ["--base", tiny_base, "--output", str(tmp_path / "run"), "--cpu", "-q"]
     assert main([*args, "--data", str(data), "--resolution", "18"]) == 2

@@ -26,7 +26,7 @@ run can stop at any point; running again skips every id already in data.jsonl or
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import json
 import math
 import os
@@ -42,8 +42,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DiptychError
-from ..files import write_atomic
+from ..files import JsonlLog, complete_lines
 from ..images import load_image, load_mask, save_image_atomic
+from ..specs import import_object
 from .softmask import DEFAULT_WEIGHTS, check_weights, keep_grid, soft_mask
 
 __all__ = [
@@ -310,21 +311,6 @@ class CallableInstructionSource:
         return Instruction.from_mapping(value, where=f"the result of {name}")
 
 
-def _import_object(spec: str, target: str) -> Any:
-    module_name, sep, attr = target.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise DatagenError(f"spec {spec!r} must look like python:package.module:function")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise DatagenError(f"spec {spec!r}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?") from err
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise DatagenError(f"spec {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
 def load_instruction_source(spec: str) -> InstructionSource | None:
     """`shapes` (returns None: ShapesEdit items carry their own instructions), `llm:URL?model=NAME`, or
     `python:package.module:function`."""
@@ -333,7 +319,7 @@ def load_instruction_source(spec: str) -> InstructionSource | None:
     if spec.startswith("llm:"):
         return LLMInstructionSource.from_spec(spec)
     if spec.startswith("python:"):
-        return CallableInstructionSource(_import_object(spec, spec.removeprefix("python:")))
+        return CallableInstructionSource(import_object(spec, kind="source", error=DatagenError))
     raise DatagenError(f"unknown source {spec!r}; use shapes, llm:http://host:port/v1?model=NAME or python:mod:fn")
 
 
@@ -599,43 +585,38 @@ class CLIPPairFilter:
       changed the way the captions did (an unchanged image scores 0 and is dropped), and
     * CLIP-I = cos(E(edited), E(source)) >= `min_image`: the edit stayed faithful to the source.
 
-    CLIP-out = cos(E(edited), T(new caption)) is logged too. Emu Edit does not publish its thresholds;
+    CLIP-out = cos(E(edited), T(new caption)) is logged too. All three are the benchmarks' metrics of the
+    same names (`diptych.metrics.ClipMetrics`: official preprocessing, normalised embeddings), so a filtered
+    set and an evaluation speak the same numbers. Emu Edit does not publish its thresholds;
     the defaults (0.05, 0.70) are diptych's: 0.05 asks for a change that clearly follows the captions,
     0.70 is below the CLIP-I of every method on the Emu Edit test set (0.83-0.91) with a margin for
     large global edits. Tune them on a sample of your own data.
     """
 
-    def __init__(self, judge: Any, *, min_direction: float = 0.05, min_image: float = 0.70) -> None:
+    def __init__(self, clip: Any, *, min_direction: float = 0.05, min_image: float = 0.70) -> None:
+        """`clip`: a `diptych.metrics.ClipMetrics` (or a `CLIPJudge`, whose CLIP is used)."""
         for name, value in (("min_direction", min_direction), ("min_image", min_image)):
             if not (isinstance(value, int | float) and math.isfinite(value) and -1 <= value <= 1):
                 raise DatagenError(f"{name} must be a cosine threshold in [-1, 1], got {value!r}")
-        self.judge = judge
+        self.clip = getattr(clip, "clip", clip)
         self.min_direction = float(min_direction)
         self.min_image = float(min_image)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "openai/clip-vit-base-patch32", **kwargs: Any) -> CLIPPairFilter:
-        """Load the CLIP model through `CLIPJudge.from_pretrained`; `kwargs` are the thresholds."""
-        from ..scaling.judges import CLIPJudge
+        """Load the CLIP model through `ClipMetrics.from_pretrained`; `kwargs` are the thresholds."""
+        from ..metrics import ClipMetrics
 
-        return cls(CLIPJudge.from_pretrained(name_or_path), **kwargs)
+        return cls(ClipMetrics.from_pretrained(name_or_path), **kwargs)
 
     def scores(self, candidate: PairCandidate) -> dict[str, float]:
         """CLIP-dir, CLIP-I and CLIP-out of a pair."""
-        import torch
-        import torch.nn.functional as F
-
-        with torch.inference_mode():
-            images = self.judge.embed_images([candidate.source.convert("RGB"), candidate.edited.convert("RGB")])
-            texts = torch.cat(
-                [self.judge.embed_text(candidate.caption), self.judge.embed_text(candidate.instruction.new_caption)]
-            )
-        src, out = images[0], images[1]
-        direction = F.normalize(out - src, dim=-1) @ F.normalize(texts[1] - texts[0], dim=-1)
+        source, edited = candidate.source, candidate.edited
+        caption, new_caption = candidate.caption, candidate.instruction.new_caption
         return {
-            "clip_dir": float(direction),
-            "clip_i": float(F.normalize(out, dim=-1) @ F.normalize(src, dim=-1)),
-            "clip_out": float(F.normalize(out, dim=-1) @ F.normalize(texts[1], dim=-1)),
+            "clip_dir": self.clip.clip_dir(source, edited, caption, new_caption),
+            "clip_i": self.clip.clip_i(edited, source),
+            "clip_out": self.clip.clip_t(edited, new_caption),
         }
 
     def __call__(self, candidate: PairCandidate) -> FilterVerdict:
@@ -728,7 +709,7 @@ def load_filter(spec: str) -> PairFilter | None:
             raise DatagenError(f"filter spec {spec!r}: thresholds must be numbers ({err})") from err
         return CLIPPairFilter.from_pretrained(head or "openai/clip-vit-base-patch32", **thresholds)
     if spec.startswith("python:"):
-        obj = _import_object(spec, spec.removeprefix("python:"))
+        obj = import_object(spec, kind="filter", error=DatagenError)
         return obj if isinstance(obj, CLIPPairFilter | CallablePairFilter) else CallablePairFilter(obj)
     raise DatagenError(f"unknown filter {spec!r}; use shapes, clip, clip:PATH, python:mod:fn or none")
 
@@ -755,31 +736,15 @@ class DatagenReport:
         )
 
 
-def _done_ids(path: Path) -> set[str]:
-    """Ids in an append-only JSONL log; a torn last line (a crash mid-append) is cut off first."""
-    if not path.is_file():
-        return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        write_atomic(path, data[:cut])
-        data = data[:cut]
+def _done_ids(log: JsonlLog) -> set[str]:
+    """Ids in an append-only JSONL log (opened, so a torn last line is already cut off)."""
     ids = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                ids.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DatagenError(f"{path} line {number} is not a datagen record ({err}); move the file away") from err
+    for number, line in complete_lines(log.path):
+        try:
+            ids.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise DatagenError(f"{log.path} line {number} is not a datagen record ({err}); move the file away") from err
     return ids
-
-
-def _append_line(path: Path, record: Mapping[str, Any]) -> None:
-    # One write of a whole line; with fsync a crash leaves at most a torn last line, which _done_ids cuts.
-    with path.open("ab") as handle:
-        handle.write((json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def run_datagen(
@@ -801,62 +766,70 @@ def run_datagen(
     """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    jsonl, rejected_log = out / _JSONL, out / _REJECTED
-    done = _done_ids(jsonl) | _done_ids(rejected_log)
-    report = DatagenReport()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, unit="pair", desc="datagen")
-    for k, item in enumerate(items):
-        if bar is not None:
-            bar.update(1)
-        if not _ID.match(item.id):
-            raise DatagenError(f"item id {item.id!r} must be letters, digits, '.', '_' or '-'")
-        if item.id in done:
-            report.skipped += 1
-            continue
-        instruction = item.instruction
-        if instruction is None:
-            if source is None:
-                raise DatagenError(f"item {item.id} has no instruction and no instruction source was given")
-            try:
-                instruction = source(item.caption, item.task)
-            except InstructionFormatError as err:
-                report.failed += 1
-                report.reasons["no_instruction"] += 1
-                if bar is not None:
-                    bar.write(f"{item.id}: {err}")
-                continue
-        precise = item.precise
-        if precise is None and item.locate is not None:
-            precise = item.locate(instruction)
-        src, edited, m = generate_pair(
-            editor, item.image, instruction.instruction, precise, seed=seed + k, options=options
+    busy = "wait for it to finish or use another --out"
+    with contextlib.ExitStack() as logs:  # locked: two runs never append to one folder
+        data_log = logs.enter_context(JsonlLog(out / _JSONL, error=DatagenError, writer="diptych datagen", busy=busy))
+        rejected_log = logs.enter_context(
+            JsonlLog(out / _REJECTED, error=DatagenError, writer="diptych datagen", busy=busy)
         )
-        verdict = FilterVerdict(True)
-        if pair_filter is not None:
-            raw = pair_filter(PairCandidate(src, edited, instruction, item.caption, item.task))
-            verdict = _as_verdict(raw, repr(pair_filter))
-        if not verdict.keep:
-            report.rejected += 1
-            report.reasons[verdict.reason.split(" ")[0] or "filter"] += 1
-            _append_line(rejected_log, {"id": item.id, "reason": verdict.reason, "scores": verdict.scores})
+        done = _done_ids(data_log) | _done_ids(rejected_log)
+        report = DatagenReport()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, unit="pair", desc="datagen")
+        for k, item in enumerate(items):
+            if bar is not None:
+                bar.update(1)
+            if not _ID.match(item.id):
+                raise DatagenError(f"item id {item.id!r} must be letters, digits, '.', '_' or '-'")
+            if item.id in done:
+                report.skipped += 1
+                continue
+            instruction = item.instruction
+            if instruction is None:
+                if source is None:
+                    raise DatagenError(f"item {item.id} has no instruction and no instruction source was given")
+                try:
+                    instruction = source(item.caption, item.task)
+                except InstructionFormatError as err:
+                    report.failed += 1
+                    report.reasons["no_instruction"] += 1
+                    if bar is not None:
+                        bar.write(f"{item.id}: {err}")
+                    continue
+            precise = item.precise
+            if precise is None and item.locate is not None:
+                precise = item.locate(instruction)
+            src, edited, m = generate_pair(
+                editor, item.image, instruction.instruction, precise, seed=seed + k, options=options
+            )
+            verdict = FilterVerdict(True)
+            if pair_filter is not None:
+                raw = pair_filter(PairCandidate(src, edited, instruction, item.caption, item.task))
+                verdict = _as_verdict(raw, repr(pair_filter))
+            if not verdict.keep:
+                report.rejected += 1
+                report.reasons[verdict.reason.split(" ")[0] or "filter"] += 1
+                rejected_log.append({"id": item.id, "reason": verdict.reason, "scores": verdict.scores})
+                done.add(item.id)
+                continue
+            _write_pair(
+                out, data_log, item, instruction, src, edited, m, seed=seed + k, scores=verdict.scores, options=options
+            )
             done.add(item.id)
-            continue
-        _write_pair(out, item, instruction, src, edited, m, seed=seed + k, scores=verdict.scores, options=options)
-        done.add(item.id)
-        report.written += 1
+            report.written += 1
+            if bar is not None:
+                bar.set_postfix(kept=report.written, dropped=report.rejected)
         if bar is not None:
-            bar.set_postfix(kept=report.written, dropped=report.rejected)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return report
 
 
 def _write_pair(
     out: Path,
+    data_log: JsonlLog,
     item: DatagenItem,
     instruction: Instruction,
     source: Image.Image,
@@ -895,4 +868,4 @@ def _write_pair(
             **item.meta,
         },
     }
-    _append_line(out / _JSONL, record)
+    data_log.append(record)

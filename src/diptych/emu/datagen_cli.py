@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli_options import add_threads_option
+from ..cli_options import RenamedOption, add_model_options, model_options
 
 DATAGEN_EXAMPLES = """\
 examples:
   diptych datagen --source shapes --n 1000 --out data/shapes-gen --base shapes     # filter: the built-in judge
   diptych datagen --source "llm:http://localhost:8000/v1?model=Qwen/Qwen2.5-7B-Instruct" \\
-      --inputs photos.jsonl --n 500 --out data/gen --base ./FLUX.1-Fill-dev --adapter RiverZ/normal-lora \\
+      --inputs photos.jsonl --n 500 --out data/gen --base ./FLUX.1-Fill-dev --lora RiverZ/normal-lora \\
       --filter clip:./clip-vit-base-patch32 --tasks local remove add background
   diptych datagen --source python:my_prompts:write_edit --n 200 --out data/gen --base shapes
 
@@ -44,8 +44,8 @@ def add_datagen_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--source", required=True, help="shapes | llm:URL?model=NAME | python:module:function")
     parser.add_argument("--n", type=int, default=None, help="number of items (default: all of --inputs)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--base", required=True, help="Fill model: a hub id, a local folder, or 'shapes'")
-    parser.add_argument("--adapter", default=None, help="LoRA / LoRA-MoE adapter to load on the base")
+    add_model_options(parser.add_argument_group("model"), base_required=True)
+    parser.add_argument("--adapter", dest="lora", action=RenamedOption, new="--lora", help=argparse.SUPPRESS)
     parser.add_argument(
         "--filter",
         default=None,
@@ -69,9 +69,6 @@ def add_datagen_parser(subparsers) -> argparse.ArgumentParser:
         metavar=("PRECISE", "SMOOTH", "BOX"),
         help="soft mask blend weights (default 0.5 0.3 0.2)",
     )
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32")
-    add_threads_option(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_datagen)
     return parser
@@ -110,7 +107,7 @@ def run_datagen(args: argparse.Namespace) -> int:
 
     from ..editor import Editor
 
-    editor = Editor.from_pretrained(args.base, adapter=args.adapter, device=args.device, dtype=args.dtype)
+    editor = Editor.from_pretrained(args.base, args.lora, **model_options(args))
     report = dg.run_datagen(
         editor,
         items,

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_options import BUILTIN_PANEL, add_threads_option, is_builtin_base
+from ..cli_options import BUILTIN_PANEL, add_model_options, is_builtin_base, model_options
 from ..errors import InputError
 
 INVERT_EXAMPLES = """\
@@ -36,8 +36,7 @@ def add_invert_task_parser(subparsers) -> argparse.ArgumentParser:
         epilog=INVERT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--base", required=True, help="Fill model: hub id, local diffusers folder or 'shapes'")
-    parser.add_argument("--lora", default=None, help="adapter: .safetensors file, folder or hub id")
+    add_model_options(parser.add_argument_group("model"), base_required=True)
     parser.add_argument("--examples", required=True, help="JSONL file or folder of examples, as `diptych train`")
     parser.add_argument("--name", required=True, help="name of the new task")
     parser.add_argument("--output", required=True, help="the task embedding file to write (.safetensors)")
@@ -58,9 +57,6 @@ def add_invert_task_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--template", default=None, help="prompt template, as in `diptych train`")
     parser.add_argument("--seed", type=int, default=0, help="default 0")
-    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: best available)")
-    parser.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
-    add_threads_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_invert_task)
@@ -97,7 +93,7 @@ def run_invert_task(args: argparse.Namespace) -> int:
 
     from ..editor import Editor
 
-    editor = Editor.from_pretrained(args.base, adapter=args.lora, device=args.device, dtype=args.dtype)
+    editor = Editor.from_pretrained(args.base, args.lora, **model_options(args))
     # Default: the adapter's own embedding. The built-in model loads it with its adapter; for other bases it is
     # the task_embedding.safetensors beside the --lora folder.
     base_path = args.base_embedding

@@ -16,7 +16,9 @@ Example::
 
 from __future__ import annotations
 
-from diptych.eval.metrics import (
+from diptych.eval.vie import JudgeError, VieScore, VieScorer, parse_vie_answer, vie_overall
+from diptych.eval.vlm_chat import VLMChat
+from diptych.metrics import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_DINO_MODEL,
     METRIC_NAMES,
@@ -27,8 +29,6 @@ from diptych.eval.metrics import (
     l2_distance,
     to_unit_tensor,
 )
-from diptych.eval.vie import JudgeError, VieScore, VieScorer, parse_vie_answer, vie_overall
-from diptych.eval.vlm_chat import VLMChat
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..cli_options import add_threads_option
+from ..cli_options import BASE_HELP, add_model_options
 
 EVAL_EXAMPLES = """\
 examples:
@@ -69,16 +69,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge", action="store_true", help="only write the reports of the run in --out")
 
     source = parser.add_argument_group("where the edits come from")
-    source.add_argument("--base", help="Fill model to edit with: hub id, local diffusers folder, or shapes")
-    source.add_argument("--lora", help="adapter: .safetensors file, folder or hub id")
-    source.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (default 1.0)")
-    source.add_argument("--moe-dispatch", default="dense", help="LoRA-MoE: dense (official) or sparse")
+    add_model_options(source, base_help="Fill model to edit with: " + BASE_HELP)
     source.add_argument("--predictions", metavar="DIR", help="score the images in DIR instead of editing")
-    source.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
-    source.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA)")
-    source.add_argument("--offload", default="none", help="none, model or sequential CPU offload")
-    source.add_argument("--local-files-only", action="store_true", help="never contact the hub")
-    add_threads_option(source)
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=28, help="denoising steps (default 28; the paper used 50)")

@@ -36,7 +36,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DiptychError
-from ..files import write_atomic
+from ..files import JsonlLog, complete_lines, write_atomic
 from ..images import save_image_atomic
 from .benchmarks import (
     IMAGE_SUFFIXES,
@@ -149,68 +149,13 @@ class EvalResult:
 # -------------------------------------------------------------------------------------------- sample log
 
 
-class SampleLog:
-    """An append-only JSONL file of finished samples (see the module docstring for the guarantees).
-
-    Opening takes an exclusive advisory lock (POSIX), so two runs cannot append to the same file, and cuts
-    off a partial last line left by an interrupted write.
-    """
+class SampleLog(JsonlLog):
+    """The append-only JSONL file of finished samples (`diptych.files.JsonlLog`: locked, torn tail cut,
+    one write per line)."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
-        try:
-            _lock(self.fd, self.path)
-            self._cut_partial_tail()
-        except BaseException:
-            os.close(self.fd)
-            raise
-
-    def _cut_partial_tail(self) -> None:
-        size = os.fstat(self.fd).st_size
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            chunk = os.pread(self.fd, end - start, start)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                end = start + newline + 1
-                break
-            end = start
-        if end != size:
-            os.ftruncate(self.fd, end)
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Write `record` as one line: one `os.write` of the full bytes, then `fsync`."""
-        data = (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
-        written = os.write(self.fd, data)
-        if written != len(data):  # a short write (disk full): never leave half a line before the next one
-            os.ftruncate(self.fd, os.fstat(self.fd).st_size - written)
-            raise EvalError(f"could not write a whole line to {self.path} (disk full?); free space and run again")
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> SampleLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _lock(fd: int, path: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory lock
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as err:
-        raise EvalError(f"another diptych eval is writing {path}; wait for it to finish or use another --out") from err
+        busy = "wait for it to finish or use another --out"
+        super().__init__(path, error=EvalError, writer="diptych eval", busy=busy)
 
 
 def sample_files(out: Path) -> list[Path]:
@@ -233,13 +178,7 @@ def read_records(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """
     records: dict[str, dict[str, Any]] = {}
     for file in sample_files(Path(out)):
-        data = file.read_bytes()
-        lines = data.split(b"\n")
-        if not data.endswith(b"\n"):
-            lines = lines[:-1]  # partial tail (or the empty string after a final newline)
-        for line in lines:
-            if not line.strip():
-                continue
+        for _, line in complete_lines(file):
             try:
                 record = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
@@ -259,7 +198,7 @@ class Scorers:
     """The metric models, each loaded on first use (CLIP, DINO, the VIEScore judge, L1/L2 functions).
 
     Tests and callers may pass ready objects (`clip_metrics`, `dino_metrics`, `vie_scorer`, `l1`, `l2`);
-    otherwise they come from `diptych.eval.metrics` / `diptych.eval.vie` with the names given here.
+    otherwise they come from `diptych.metrics` / `diptych.eval.vie` with the names given here.
     """
 
     def __init__(
@@ -281,7 +220,7 @@ class Scorers:
     @property
     def clip(self) -> Any:
         if self._clip is None:
-            from .metrics import ClipMetrics
+            from ..metrics import ClipMetrics
 
             self._clip = ClipMetrics.from_pretrained(self.clip_name, device=self.device)
         return self._clip
@@ -289,7 +228,7 @@ class Scorers:
     @property
     def dino(self) -> Any:
         if self._dino is None:
-            from .metrics import DinoMetrics
+            from ..metrics import DinoMetrics
 
             self._dino = DinoMetrics.from_pretrained(self.dino_name, device=self.device)
         return self._dino
@@ -320,14 +259,14 @@ class Scorers:
 
     def l1(self, a: Image.Image, b: Image.Image) -> float:
         if self._l1 is None:
-            from .metrics import l1_distance
+            from ..metrics import l1_distance
 
             self._l1 = l1_distance
         return float(self._l1(a, b))
 
     def l2(self, a: Image.Image, b: Image.Image) -> float:
         if self._l2 is None:
-            from .metrics import l2_distance
+            from ..metrics import l2_distance
 
             self._l2 = l2_distance
         return float(self._l2(a, b))
@@ -785,18 +724,9 @@ class _Producer:
             "template": cfg.template,
             "batch_size": cfg.batch_size,
         }
-        try:
-            return list(self.editor.edit_many(requests, **options))
-        except DiptychError:
-            if len(requests) == 1:
-                raise
-        outputs: list[Image.Image | BaseException] = []
-        for request in requests:  # find the request(s) that broke the batch; keep the others
-            try:
-                outputs.append(self.editor.edit_many([request], **options)[0])
-            except DiptychError as err:
-                outputs.append(err)
-        return outputs
+        from ..editor import edit_many_isolated
+
+        return edit_many_isolated(self.editor, requests, **options)  # a failing sample fails alone
 
 
 def _find_prediction(folder: Path, sample: Sample) -> ImageRef | None:

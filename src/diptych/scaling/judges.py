@@ -26,8 +26,8 @@ from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from PIL import Image
 
-from diptych.errors import DiptychError, InputError, WeightsError
-from diptych.hub import check_hub_access
+from diptych.errors import DiptychError, InputError, WeightsError, as_sentence
+from diptych.hub import check_hub_access, looks_like_hub_id
 
 __all__ = [
     "CLARIFY_PROMPT",
@@ -426,34 +426,18 @@ class CallableCompareJudge(CallableJudge):
 # CLIP scoring judge.
 
 
-def _is_local_path(name_or_path: str) -> bool:
-    # Hub ids look like "org/name"; anything else with a separator, or that exists, is a path.
-    if os.path.exists(name_or_path) or os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")):
-        return True
-    return name_or_path.count("/") > 1 or (os.sep != "/" and os.sep in name_or_path)
-
-
-def _sentence(exc: BaseException) -> str:
-    """An exception's message as one sentence ending in a period, to append advice after it."""
-    text = " ".join(str(exc).split()).rstrip(".")
-    return f"{text or type(exc).__name__}."
-
-
-def _features(output: Any) -> Any:
-    # transformers < 5 returns the projected tensor; 5.x returns an output whose pooler_output is it.
-    return output if hasattr(output, "shape") else output.pooler_output
-
-
 class CLIPJudge:
     """Scores a candidate edit with CLIP, without captions (only the instruction is known)::
 
         score = cos(E(candidate) - E(source), T(instruction)) + preserve_weight * cos(E(candidate), E(source))
 
-    The first term is a directional similarity: does the change from source to candidate point
-    towards the instruction's text embedding? The second rewards keeping the rest of the image,
-    standing in for the paper's "areas not meant to be edited should stay identical"; without it a
-    candidate that changes everything can win. ``preserve_weight`` defaults to 0.5. When the
-    candidate equals the source the direction is undefined and the first term counts as 0.
+    on the L2-normalised embeddings of `diptych.metrics.ClipMetrics` (the benchmarks' CLIP, with the
+    official preprocessing), so the first term is CLIP-dir with the instruction standing in for the caption
+    difference and the second is CLIP-I. The first asks whether the change from source to candidate points
+    towards the instruction's text embedding; the second rewards keeping the rest of the image, standing in for
+    the paper's "areas not meant to be edited should stay identical"; without it a candidate that changes
+    everything can win. ``preserve_weight`` defaults to 0.5. When the candidate equals the source the direction
+    is undefined and the first term counts as 0.
 
     The paper found CLIP a weak judge (GPT score 0.65 vs 0.80 for Qwen2.5-VL-72B); it is here as a
     cheap, local, deterministic baseline.
@@ -468,15 +452,30 @@ class CLIPJudge:
         preserve_weight: float = 0.5,
         batch_size: int = 16,
     ) -> None:
+        from diptych.metrics import ClipMetrics
+
         if not math.isfinite(preserve_weight):
             raise InputError(f"preserve_weight must be a finite number, got {preserve_weight}")
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model.eval()
-        self.image_processor = image_processor
-        self.tokenizer = tokenizer
+        self.clip = ClipMetrics(model, image_processor, tokenizer, batch_size=int(batch_size))
         self.preserve_weight = float(preserve_weight)
-        self.batch_size = int(batch_size)
+
+    @property
+    def model(self) -> Any:
+        return self.clip.model
+
+    @property
+    def image_processor(self) -> Any:
+        return self.clip.image_processor
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.clip.tokenizer
+
+    @property
+    def batch_size(self) -> int:
+        return self.clip.batch_size
 
     @classmethod
     def from_pretrained(
@@ -487,57 +486,16 @@ class CLIPJudge:
         dtype: Any = None,
         **kwargs: Any,
     ) -> CLIPJudge:
-        """Load a ``CLIPModel`` with its tokenizer and image processor from a local folder or the hub
-        (hub ids need network access or a populated cache). ``kwargs`` go to :class:`CLIPJudge`."""
-        import torch
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+        """Load a ``CLIPModel`` with its tokenizer and image processor from a local folder or the hub through
+        `ClipMetrics.from_pretrained` (hub ids need network access or a populated cache; fp32 unless `dtype`).
+        ``kwargs`` go to :class:`CLIPJudge`."""
+        from diptych.metrics import ClipMetrics
 
-        how = (
-            f"Download it on a machine with network access (`hf download {name_or_path} --local-dir DIR`) "
-            "and pass that folder (judge spec `clip:DIR`)."
-            if not _is_local_path(name_or_path)
-            else "Pass a folder saved with CLIPModel.save_pretrained, holding config.json, the weights, "
-            "the tokenizer files and preprocessor_config.json."
-        )
-        if _is_local_path(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
-            raise WeightsError(f"CLIP model folder {name_or_path!r} does not exist. {how}")
-        path = os.path.expanduser(name_or_path)
-        local = check_hub_access(
-            name_or_path,
-            what="the CLIP judge model",
-            fix=f"download it where the hub is reachable (`hf download {name_or_path} --local-dir DIR`) and pass "
-            "that folder (judge spec `clip:DIR`)",
-        )
-        try:
-            model = CLIPModel.from_pretrained(path, dtype=dtype, local_files_only=local)
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-            image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=local)
-        except (OSError, ValueError, KeyError) as exc:
-            raise WeightsError(f"could not load the CLIP judge model {name_or_path!r}: {_sentence(exc)} {how}") from exc
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), image_processor, tokenizer, **kwargs)
-
-    def embed_images(self, images: list[Image.Image]) -> Any:
-        import torch
-
-        param = next(self.model.parameters())
-        chunks = []
-        for start in range(0, len(images), self.batch_size):
-            batch = self.image_processor(images=images[start : start + self.batch_size], return_tensors="pt")
-            pixels = batch["pixel_values"].to(device=param.device, dtype=param.dtype)
-            chunks.append(_features(self.model.get_image_features(pixel_values=pixels)).float())
-        return torch.cat(chunks)
-
-    def embed_text(self, text: str) -> Any:
-        param = next(self.model.parameters())
-        max_len = getattr(self.model.config.text_config, "max_position_embeddings", 77)
-        tokens = self.tokenizer([text], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        tokens = {k: v.to(param.device) for k, v in tokens.items()}
-        return _features(self.model.get_text_features(**tokens)).float()
+        clip = ClipMetrics.from_pretrained(name_or_path, device=device, dtype=dtype)
+        return cls(clip.model, clip.image_processor, clip.tokenizer, **kwargs)
 
     def score_many(self, source: Image.Image, candidates: Sequence[Image.Image], instruction: str) -> list[float]:
         """Score every candidate in batches; one source and one text embedding are shared."""
-        import torch
         import torch.nn.functional as F
 
         instruction = _check_instruction(instruction)
@@ -545,13 +503,12 @@ class CLIPJudge:
         images += [_check_image(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
         if len(images) == 1:
             return []
-        with torch.inference_mode():
-            emb = self.embed_images(images)
-            text = F.normalize(self.embed_text(instruction), dim=-1)[0]
+        emb = self.clip.image_embeddings(images).double()
+        text = self.clip.text_embeddings([instruction])[0].double()
         src, cands = emb[0], emb[1:]
-        # F.normalize maps a zero vector to zero, so an unchanged candidate gets direction score 0.
+        # A zero difference (an unchanged candidate) normalises to zero: its direction term is 0.
         direction = F.normalize(cands - src, dim=-1) @ text
-        preserve = F.normalize(cands, dim=-1) @ F.normalize(src, dim=-1)
+        preserve = cands @ src
         return (direction + self.preserve_weight * preserve).tolist()
 
     def score(self, source: Image.Image, candidate: Image.Image, instruction: str) -> float:
@@ -610,10 +567,11 @@ class LocalVLMJudge:
         and its processor from ``path``. ``device`` defaults to CUDA when available; ``"auto"`` spreads
         a large model over the GPUs with accelerate. ``dtype`` defaults to bfloat16 on CUDA, float32
         on CPU; it may be a torch dtype or its name. ``kwargs`` go to :class:`LocalVLMJudge`."""
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        if not os.path.isdir(os.path.expanduser(path)) and _is_local_path(path):
+        from diptych.devices import default_dtype, parse_device, parse_dtype
+
+        if not os.path.isdir(os.path.expanduser(path)) and not looks_like_hub_id(path):
             raise WeightsError(
                 f"local VLM folder {path!r} does not exist; download the model first, e.g. "
                 "`hf download Qwen/Qwen2.5-VL-72B-Instruct --local-dir DIR`, and pass that folder"
@@ -624,14 +582,9 @@ class LocalVLMJudge:
             fix=f"download it where the hub is reachable (`hf download {path} --local-dir DIR`) and pass that folder",
         )
         path = os.path.expanduser(path)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if isinstance(dtype, str):
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                raise InputError(f"unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float16' or 'float32'")
-            dtype = getattr(torch, dtype)
-        if dtype is None:
-            dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        if device != "auto":
+            device = parse_device(device)
+        dtype = parse_dtype(dtype) if dtype is not None else default_dtype("cuda" if device == "auto" else device)
         try:
             if device == "auto":
                 model = AutoModelForImageTextToText.from_pretrained(
@@ -642,13 +595,13 @@ class LocalVLMJudge:
                     device
                 )
         except (OSError, ValueError, KeyError) as exc:
-            raise WeightsError(f"could not load the local VLM judge from {path!r}: {_sentence(exc)}") from exc
+            raise WeightsError(f"could not load the local VLM judge from {path!r}: {as_sentence(exc)}") from exc
         if processor is None:
             try:
                 processor = AutoProcessor.from_pretrained(path, local_files_only=local)
             except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
                 raise WeightsError(
-                    f"could not load the processor of the local VLM judge from {path!r}: {_sentence(exc)} "
+                    f"could not load the processor of the local VLM judge from {path!r}: {as_sentence(exc)} "
                     "Qwen2.5-VL's processor also needs torchvision (`pip install torchvision`)."
                 ) from exc
         return cls(model.eval(), processor, **kwargs)

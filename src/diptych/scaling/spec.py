@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from diptych.errors import DiptychError
 from diptych.scaling.judges import CallableJudge, CLIPJudge, Judge, LocalVLMJudge, can_compare, can_score
+from diptych.specs import import_object
 
 __all__ = ["KNOWN_SCHEMES", "JudgeSpecError", "load_judge"]
 
@@ -82,21 +82,8 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 
 def _python(spec: str, target: str) -> Judge:
-    module_name, sep, attr = target.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise JudgeSpecError(f"judge spec {spec!r} must look like python:package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise JudgeSpecError(
-            f"judge spec {spec!r}: cannot import module {module_name!r} ({exc}); "
-            "check the name and that it is importable (installed, or on PYTHONPATH)"
-        ) from exc
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise JudgeSpecError(f"judge spec {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    obj = import_object(f"python:{target}", kind="judge", error=JudgeSpecError)
+    module_name, _, attr = target.rpartition(":")
     if isinstance(obj, type):
         if can_compare(obj) or can_score(obj):
             try:

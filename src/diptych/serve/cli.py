@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli_options import add_threads_option
+from ..cli_options import BASE_HELP, add_model_options, model_options
 from ..errors import DiptychError, WeightsError
 from .settings import ServeSettings
 
@@ -28,13 +28,7 @@ then:
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
-    model.add_argument("--base", default=None, help="Fill model: hub id or local folder (default: built-in shapes)")
-    model.add_argument("--lora", default=None, help="adapter: .safetensors file, folder or hub id")
-    model.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (default 1.0)")
-    model.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
-    model.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
-    model.add_argument("--offload", choices=("none", "model", "sequential"), default="none", help="CPU offload")
-    model.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+    add_model_options(model, base_help=BASE_HELP + " (default: shapes)")
     model.add_argument("--width", type=int, default=None, help="panel width in pixels (default: the model's)")
     model.add_argument(
         "--judge",
@@ -43,7 +37,6 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "with the built-in model), vlm:URL?model=NAME, clip[:PATH] (the hub id needs the network or the HF "
         "cache), python:mod:fn",
     )
-    add_threads_option(model)
 
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -51,6 +44,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     server.add_argument("--api-key", default=None, help="require this key (default: $DIPTYCH_API_KEY, else none)")
     server.add_argument("--db", default=None, help="sessions database (default <data dir>/sessions.sqlite3)")
     server.add_argument("--no-ui", action="store_true", help="serve the API only")
+    server.add_argument("-q", "--quiet", action="store_true", help="no progress bars while the model loads")
 
     limits = parser.add_argument_group("limits")
     defaults = ServeSettings()
@@ -115,15 +109,7 @@ def load_editor(args: argparse.Namespace):
 
     base = args.base or "shapes"
     try:
-        editor = Editor.from_pretrained(
-            base,
-            adapter=args.lora,
-            adapter_scale=args.lora_scale,
-            device=args.device,
-            dtype=args.dtype,
-            offload=args.offload,
-            local_files_only=args.local_files_only,
-        )
+        editor = Editor.from_pretrained(base, args.lora, **model_options(args))
     except WeightsError as err:
         if args.base is None:
             raise WeightsError(f"{err}. To serve another model, pass --base MODEL (a local Fill folder)") from err

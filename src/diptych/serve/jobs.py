@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..editor import EditRequest
+from ..editor import EditRequest, edit_many_isolated
 from ..errors import DiptychError
 from .settings import ApiError, EditOptions, ServeSettings
 
@@ -220,20 +220,17 @@ class EditWorker:
             job.started = start
         try:
             results = self._edit(batch)
-        except Exception as err:
-            if len(batch) > 1:
-                # One bad edit must not fail the others: run each alone to find it.
-                for job in batch:
-                    self._run([job])
-                return
-            if not isinstance(err, DiptychError):
-                log.exception("edit %s failed", batch[0].id)
-            batch[0].finished = time.time()
-            batch[0].future.set_exception(err)
-            return
+        except Exception as err:  # the early filter's single job; batches fail edit by edit in _edit
+            results = [err]
         end = time.time()
-        for job, (image, summary, previews) in zip(batch, results, strict=True):
+        for job, result in zip(batch, results, strict=True):
             job.finished = end
+            if isinstance(result, BaseException):
+                if not isinstance(result, DiptychError):
+                    log.error("edit %s failed", job.id, exc_info=result)
+                job.future.set_exception(result)
+                continue
+            image, summary, previews = result
             job.future.set_result(
                 EditResult(
                     image=image,
@@ -246,7 +243,7 @@ class EditWorker:
                 )
             )
 
-    def _edit(self, batch: list[EditJob]) -> list[tuple[Image.Image, dict | None, list[Image.Image]]]:
+    def _edit(self, batch: list[EditJob]) -> list[tuple[Image.Image, dict | None, list[Image.Image]] | BaseException]:
         first = batch[0].options
         if first.candidates > 1:
             from ..scaling.early_filter import edit_with_early_filter
@@ -265,8 +262,16 @@ class EditWorker:
             )
             return [(result.image, result.summary(), result.previews)]
         requests = [EditRequest(j.image, j.options.instruction, j.options.seed, j.mask) for j in batch]
-        images = self.editor.edit_many(requests, steps=first.steps, guidance=first.guidance, batch_size=len(requests))
-        return [(image, None, []) for image in images]
+        # One bad edit must not fail the others (each is run alone to find it).
+        outputs = edit_many_isolated(
+            self.editor,
+            requests,
+            errors=(Exception,),
+            steps=first.steps,
+            guidance=first.guidance,
+            batch_size=len(requests),
+        )
+        return [out if isinstance(out, BaseException) else (out, None, []) for out in outputs]
 
 
 class JobStore:

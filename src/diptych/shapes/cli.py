@@ -22,7 +22,7 @@ examples:
 
 def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     """Register `shapes` (with `make` and `bench`) on the main parser's subparsers."""
-    from ..cli_options import add_threads_option
+    from ..cli_options import RenamedOption, add_threads_option
     from ..shapes_core.dataset import SPLITS
     from .bench import DEFAULT_VARIANTS, VARIANTS
 
@@ -88,11 +88,12 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         help="Emu Edit task inversion curve: success on a held-out operation after learning its vector from k examples",
         epilog=(
             "example (an adapter trained with --task-embedding on data made with --exclude-ops invert):\n"
-            "  diptych shapes inversion --adapter runs/shapes-moe-noinvert --op invert --counts 0 1 10 100"
+            "  diptych shapes inversion --lora runs/shapes-moe-noinvert --op invert --counts 0 1 10 100"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    curve.add_argument("--adapter", required=True, help="adapter folder or file, with task_embedding.safetensors")
+    curve.add_argument("--lora", required=True, help="adapter folder or file, with task_embedding.safetensors")
+    curve.add_argument("--adapter", dest="lora", action=RenamedOption, new="--lora", help=argparse.SUPPRESS)
     curve.add_argument("--op", required=True, help="the operation the adapter never saw")
     curve.add_argument("--counts", type=int, nargs="+", default=[0, 1, 10, 100], help="examples per point")
     curve.add_argument("--n", type=int, default=100, help="test edits of the operation to score")
@@ -112,7 +113,8 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     drift.add_argument(
         "--thresholds", nargs="+", default=["off", "0.03"], help="per-pixel thresholds to compare ('off' = none)"
     )
-    drift.add_argument("--adapter", default=None, help="default: the shipped LoRA-MoE")
+    drift.add_argument("--lora", default=None, help="adapter (default: the shipped LoRA-MoE)")
+    drift.add_argument("--adapter", dest="lora", action=RenamedOption, new="--lora", help=argparse.SUPPRESS)
     _add_run_options(drift, progress=True)
     drift.set_defaults(func=run_drift_command)
 
@@ -246,7 +248,7 @@ def run_inversion_command(args: argparse.Namespace) -> int:
     from .experiments import inversion_curve
 
     report = inversion_curve(
-        args.adapter,
+        args.lora,
         args.op,
         counts=args.counts,
         n_eval=args.n,
@@ -284,7 +286,7 @@ def run_drift_command(args: argparse.Namespace) -> int:
         turns=args.turns,
         thresholds=thresholds,
         base=args.base,
-        adapter=args.adapter,
+        adapter=args.lora,
         steps=args.steps,
         device=args.device,
         seed=args.seed,

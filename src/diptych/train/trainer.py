@@ -102,18 +102,19 @@ class Trainer:
         if self.resume_from is not None:
             self._check_signature(self.resume_from)
         if self.pipe is None:
-            from ..editor import Editor
+            from ..cli_options import is_builtin_base
+            from ..loading import load_fill_pipeline
 
-            builtin = str(cfg.base).startswith("shapes")
+            builtin = is_builtin_base(str(cfg.base))
             if not builtin:
                 _check_resolution(cfg.resolution, _vae_multiple(cfg.base))
             # The built-in model is loaded bare (adapter "none") and brings its own text encoder (MiniLM).
-            editor = Editor.from_pretrained(
+            model = load_fill_pipeline(
                 cfg.base, adapter="none" if builtin else None, device="cpu", dtype=self.weight_dtype
             )
-            self.pipe = editor.pipe
+            self.pipe = model.pipe
             if builtin and self.encoder is None:
-                self.encoder = editor.encoder
+                self.encoder = model.encoder
         pipe = self.pipe
         for module in pipe.components.values():
             if isinstance(module, torch.nn.Module):
