@@ -27,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 #: Lowest first. A part may import parts of its own layer and of the layers before it, never after it.
 LAYERS: list[tuple[str, frozenset[str]]] = [
     # import nothing of diptych but `errors`
-    ("foundation", frozenset({"errors", "files", "hub", "cli_options", "devices"})),
+    ("foundation", frozenset({"errors", "files", "hub", "cli_options", "devices", "specs"})),
     # images, layout, prompts, text encoders, the sampling loop, adapters, checkpoints, Emu Edit's
     # conditioning (task embeddings, task predictor, thresholding), the built-in ShapesEdit world and models
     (
@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "checkpoints",
                 "conditioning",
                 "metrics",
+                "parquet",
                 "shapes_core",
             }
         ),

@@ -40,6 +40,7 @@ from PIL import Image
 
 from ..errors import DiptychError
 from ..images import load_image
+from ..parquet import image_cell, open_parquet, pyarrow_modules
 
 __all__ = [
     "BENCHMARKS",
@@ -143,19 +144,9 @@ class _CellImage(ImageRef):
 
 
 def _cell_to_ref(value: object, base: Path, where: str) -> ImageRef:
-    """An image cell: a {"bytes", "path"} struct (the Hugging Face `Image` feature), raw bytes or a path."""
-    if isinstance(value, dict):
-        data, rel = value.get("bytes"), value.get("path")
-        if data:
-            return BytesImage(data, where)
-        if rel:
-            return FileImage(base / rel, where)
-        raise BenchmarkError(f"{where}: the image cell has neither bytes nor a path")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return BytesImage(bytes(value), where)
-    if isinstance(value, str) and value:
-        return FileImage(base / value, where)
-    raise BenchmarkError(f"{where}: the image cell is empty or of type {type(value).__name__}")
+    """An image cell (`diptych.parquet.image_cell`) as a lazily loaded image."""
+    content = image_cell(value, base, where=where, error=BenchmarkError)
+    return BytesImage(content, where) if isinstance(content, bytes) else FileImage(content, where)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -187,29 +178,20 @@ class _Table:
 
 
 def _pyarrow():
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as err:  # pragma: no cover - pyarrow is a dependency of the training extras
-        raise BenchmarkError("reading parquet / Arrow benchmarks needs pyarrow: pip install pyarrow") from err
-    return pa, pq
+    return pyarrow_modules(BenchmarkError)
 
 
 class _ParquetTable(_Table):
     """Parquet files; image cells are read one row group at a time, one cached group per column."""
 
     def __init__(self, files: Sequence[Path]):
-        _, pq = _pyarrow()
         self.files = list(files)
         self._handles = []
         self._rows: list[tuple[int, int, int]] = []  # (file, row group, offset in the group)
         self.names = set()
         for index, file in enumerate(self.files):
-            try:
-                handle = pq.ParquetFile(str(file))
-                names = set(handle.schema_arrow.names)
-            except Exception as err:
-                raise BenchmarkError(f"{file} is not a readable parquet file ({err}); download it again") from err
+            handle = open_parquet(file, BenchmarkError)
+            names = set(handle.schema_arrow.names)
             self._handles.append((handle, names))
             self.names |= names
             for group in range(handle.metadata.num_row_groups):

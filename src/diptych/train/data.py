@@ -33,6 +33,7 @@ from PIL import Image
 
 from ..errors import DiptychError, InputError
 from ..images import ImageSource, load_image, load_mask, validate_instruction
+from ..parquet import image_cell, open_parquet
 
 FORMATS: tuple[str, ...] = ("auto", "jsonl", "magicbrush", "omniedit", "shapes")
 MAX_ASPECT_MISMATCH = 0.02  # relative; source and target are resized to the same panel anyway
@@ -230,13 +231,11 @@ class ParquetDataset(EditDataset):
     optional_columns: tuple[str, ...] = ()
 
     def __init__(self, path: str | os.PathLike[str]):
-        pq = _pyarrow_parquet()
         self.files = parquet_files(Path(path))
-        self._pq = pq
         self._groups: list[tuple[int, int, int]] = []  # (file index, row group, rows)
         self._present: set[str] = set()
         for file_index, file in enumerate(self.files):
-            meta = _open_parquet(pq, file)
+            meta = open_parquet(file, DataError)
             names = set(meta.schema_arrow.names)
             missing = [c for c in self.columns if c not in names]
             if missing:
@@ -266,7 +265,7 @@ class ParquetDataset(EditDataset):
             file_index, rg, _ = self._groups[group]
             wanted = [*self.columns, *sorted(self._present)]
             try:
-                table = _open_parquet(self._pq, self.files[file_index]).read_row_group(rg, columns=wanted)
+                table = open_parquet(self.files[file_index], DataError).read_row_group(rg, columns=wanted)
             except Exception as err:  # a damaged row group costs its rows, not the run
                 raise SampleError(f"{self.files[file_index].name} row group {rg}: unreadable ({err})") from err
             self._cache = (group, {name: table.column(name).to_pylist() for name in wanted})
@@ -276,19 +275,9 @@ class ParquetDataset(EditDataset):
         return row, f"{self.files[file_index].name} row {index - int(self._starts[group])} of group {rg}"
 
     def _image(self, value: object, file: Path, where: str, what: str) -> ImageSource:
-        """An image cell: a {"bytes", "path"} struct (Hugging Face `Image` feature), raw bytes or a path."""
-        if isinstance(value, dict):
-            data, path = value.get("bytes"), value.get("path")
-            if data:
-                return bytes(data)
-            if path:
-                return str(file.parent / path)
-            raise SampleError(f"{where}: {what} has neither bytes nor a path")
-        if isinstance(value, bytes | bytearray):
-            return bytes(value)
-        if isinstance(value, str) and value:
-            return str(file.parent / value)
-        raise SampleError(f"{where}: {what} is empty or of type {type(value).__name__}")
+        """An image cell (`diptych.parquet.image_cell`): encoded bytes, or the path of the file it names."""
+        content = image_cell(value, file.parent, where=f"{where}: {what}", error=SampleError)
+        return content if isinstance(content, bytes) else str(content)
 
     def _file_of(self, index: int) -> Path:
         group = int(np.searchsorted(self._starts, index, side="right")) - 1
@@ -375,21 +364,6 @@ def parquet_files(path: Path) -> list[Path]:
     if not files:
         raise DataError(f"folder {path} has no .parquet files")
     return files
-
-
-def _pyarrow_parquet():
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:  # pragma: no cover - pyarrow is a training dependency
-        raise DataError("reading parquet datasets needs pyarrow: pip install pyarrow") from err
-    return pq
-
-
-def _open_parquet(pq, file: Path):
-    try:
-        return pq.ParquetFile(str(file))
-    except Exception as err:
-        raise DataError(f"{file} is not a readable parquet file ({err})") from err
 
 
 # ------------------------------------------------------------------------------------------ generators
@@ -507,7 +481,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "jsonl"
     if (p.is_file() and p.suffix == ".parquet") or p.is_dir():
         files = parquet_files(p)
-        names = set(_open_parquet(_pyarrow_parquet(), files[0]).schema_arrow.names)
+        names = set(open_parquet(files[0], DataError).schema_arrow.names)
         if set(MAGICBRUSH_COLUMNS) <= names:
             return "magicbrush"
         if set(OMNIEDIT_COLUMNS) <= names:
