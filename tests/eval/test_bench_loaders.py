@@ -273,3 +273,16 @@ def test_safe_ids():
     assert safe_id("en-ab/c d") == "en-ab_c_d"
     assert safe_id("../x") == "x"
     assert safe_id("...") == "_"
+
+
+def test_every_benchmark_is_registered_with_its_loader_and_scoring():
+    from diptych.eval.benchmarks import BENCHMARKS, KINDS, METRICS
+    from diptych.eval.scoring import ShapesScoring, VieScoring
+
+    assert list(KINDS) == list(BENCHMARKS) and set(METRICS) == set(BENCHMARKS)
+    assert KINDS["emu-edit"].scoring.reference == "source"  # no ground truth: metrics against the source
+    assert KINDS["magicbrush"].scoring.reference == "target"
+    assert isinstance(KINDS["gedit"].scoring, VieScoring) and isinstance(KINDS["shapes"].scoring, ShapesScoring)
+    assert KINDS["emu-edit"].scoring.models(["clip_i", "dino", "l1"]) == {"clip", "dino"}
+    assert KINDS["magicbrush"].scoring.models(["l1", "l2"]) == set()
+    assert KINDS["gedit"].scoring.models(["vie_sc"]) == {"vie"} and KINDS["shapes"].scoring.models(["l1"]) == set()

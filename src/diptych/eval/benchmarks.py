@@ -31,7 +31,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,14 +41,17 @@ from PIL import Image
 from ..errors import DiptychError
 from ..images import load_image
 from ..parquet import image_cell, open_parquet, pyarrow_modules
+from .scoring import ImageMetricScoring, Scoring, ShapesScoring, VieScoring
 
 __all__ = [
     "BENCHMARKS",
     "DEFAULT_HUB_REPOS",
     "IMAGE_SUFFIXES",
+    "KINDS",
     "METRICS",
     "Benchmark",
     "BenchmarkError",
+    "BenchmarkKind",
     "BytesImage",
     "FileImage",
     "ImageRef",
@@ -420,6 +423,11 @@ class Benchmark:
     def tasks(self) -> list[str]:
         """Task categories in order of first appearance."""
         return list(dict.fromkeys(s.task for s in self.samples))
+
+    @property
+    def scoring(self) -> Scoring:
+        """How this benchmark scores an edit (`KINDS`)."""
+        return KINDS[self.name].scoring
 
 
 def safe_id(text: str) -> str:
@@ -801,19 +809,33 @@ def load_benchmark(
     caption_filter: bool = True,
 ) -> Benchmark:
     """Load benchmark `name` (one of `BENCHMARKS`) from `data` (a local path, or `hub[:REPO]`)."""
-    if name not in BENCHMARKS:
+    if name not in KINDS:
         raise BenchmarkError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+    kind = KINDS[name]
     path = resolve_data(name, str(data))
-    if name == "emu-edit":
-        bench = load_emu_edit(path, split=split, caption_filter=caption_filter)
-    elif name == "magicbrush":
-        bench = load_magicbrush(path, protocol=protocol)
-    elif name == "gedit":
-        bench = load_gedit(path, languages=languages)
-    else:
-        bench = load_shapes(path)
+    options = {"split": split, "protocol": protocol, "languages": languages, "caption_filter": caption_filter}
+    bench = kind.load(path, **{key: options[key] for key in kind.options})
     bench.path = path.resolve()
     return bench
+
+
+@dataclass(frozen=True)
+class BenchmarkKind:
+    """What makes a benchmark: its loader (and which of `load_benchmark`'s options it takes) and how it scores an
+    edit. A new benchmark is a loader, its `METRICS` (and `DEFAULT_HUB_REPOS`) entry and a line here; the runner
+    does not change."""
+
+    load: Callable[..., Benchmark]
+    scoring: Scoring
+    options: tuple[str, ...] = ()
+
+
+KINDS: dict[str, BenchmarkKind] = {
+    "emu-edit": BenchmarkKind(load_emu_edit, ImageMetricScoring(reference="source"), ("split", "caption_filter")),
+    "magicbrush": BenchmarkKind(load_magicbrush, ImageMetricScoring(reference="target"), ("protocol",)),
+    "gedit": BenchmarkKind(load_gedit, VieScoring(), ("languages",)),
+    "shapes": BenchmarkKind(load_shapes, ShapesScoring()),
+}
 
 
 def select_samples(

@@ -24,7 +24,6 @@ later with `merge_run` (`diptych eval --merge --out DIR`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -48,6 +47,17 @@ from .benchmarks import (
     select_samples,
     shard_samples,
 )
+from .scoring import (
+    CLIP_METRICS,
+    DEFAULT_CLIP,
+    DEFAULT_DINO,
+    VIE_METRICS,
+    EvalError,
+    Scorers,
+    Scoring,
+    build_vie_scorer,
+    compute_metrics,
+)
 
 __all__ = [
     "DEFAULT_CLIP",
@@ -57,25 +67,16 @@ __all__ = [
     "EvalResult",
     "SampleLog",
     "Scorers",
+    "build_vie_scorer",
     "compute_metrics",
     "merge_run",
     "read_records",
     "run_evaluation",
-    "score_vie_batch",
 ]
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-DEFAULT_DINO = "facebook/dino-vits16"
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
 THUMB_SIZE = 256
-
-_CLIP_METRICS = {"clip_i", "clip_t", "clip_out", "clip_dir"}
-_VIE_METRICS = {"vie_sc", "vie_pq", "vie_overall"}
-
-
-class EvalError(DiptychError, ValueError):
-    """An evaluation cannot run as asked: conflicting options, an output folder of another run, ..."""
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -194,200 +195,6 @@ def read_records(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- scorers
 
 
-class Scorers:
-    """The metric models, each loaded on first use (CLIP, DINO, the VIEScore judge, L1/L2 functions).
-
-    Tests and callers may pass ready objects (`clip_metrics`, `dino_metrics`, `vie_scorer`, `l1`, `l2`);
-    otherwise they come from `diptych.metrics` / `diptych.eval.vie` with the names given here.
-    """
-
-    def __init__(
-        self,
-        *,
-        clip: str = DEFAULT_CLIP,
-        dino: str = DEFAULT_DINO,
-        judge: str | None = None,
-        device: str | None = None,
-        clip_metrics: Any = None,
-        dino_metrics: Any = None,
-        vie_scorer: Any = None,
-        l1: Callable[[Image.Image, Image.Image], float] | None = None,
-        l2: Callable[[Image.Image, Image.Image], float] | None = None,
-    ):
-        self.clip_name, self.dino_name, self.judge_spec, self.device = clip, dino, judge, device
-        self._clip, self._dino, self._vie, self._l1, self._l2 = clip_metrics, dino_metrics, vie_scorer, l1, l2
-
-    @property
-    def clip(self) -> Any:
-        if self._clip is None:
-            from ..metrics import ClipMetrics
-
-            self._clip = ClipMetrics.from_pretrained(self.clip_name, device=self.device)
-        return self._clip
-
-    @property
-    def dino(self) -> Any:
-        if self._dino is None:
-            from ..metrics import DinoMetrics
-
-            self._dino = DinoMetrics.from_pretrained(self.dino_name, device=self.device)
-        return self._dino
-
-    @property
-    def vie(self) -> Any:
-        if self._vie is None:
-            if not self.judge_spec:
-                raise EvalError(
-                    "VIEScore metrics need a judge: --judge 'vlm:http://host:8000/v1?model=Qwen/Qwen2.5-VL-72B-Instruct'"
-                )
-            self._vie = build_vie_scorer(self.judge_spec)
-        return self._vie
-
-    def prepare(self, benchmark: str, metrics: Sequence[str]) -> None:
-        """Load what `metrics` of `benchmark` need (raises at once for a bad model name or judge spec)."""
-        wanted = set(metrics)
-        if benchmark == "shapes":
-            return
-        if benchmark == "gedit":
-            if wanted & _VIE_METRICS:
-                self.vie  # noqa: B018
-            return
-        if wanted & _CLIP_METRICS:
-            self.clip  # noqa: B018
-        if "dino" in wanted:
-            self.dino  # noqa: B018
-
-    def l1(self, a: Image.Image, b: Image.Image) -> float:
-        if self._l1 is None:
-            from ..metrics import l1_distance
-
-            self._l1 = l1_distance
-        return float(self._l1(a, b))
-
-    def l2(self, a: Image.Image, b: Image.Image) -> float:
-        if self._l2 is None:
-            from ..metrics import l2_distance
-
-            self._l2 = l2_distance
-        return float(self._l2(a, b))
-
-
-def build_vie_scorer(spec: str) -> Any:
-    """A `diptych.eval.vie.VieScorer` from a judge spec such as `vlm:URL?model=NAME`."""
-    from .vie import VieScorer
-
-    return VieScorer(spec)
-
-
-def _judge_source(sample: Sample, source: Image.Image | None) -> Image.Image:
-    if sample.judge_source is not None:
-        return sample.judge_source.load()
-    return source if source is not None else sample.source.load()
-
-
-def score_vie_batch(
-    benchmark: str, samples: Sequence[Sample], produced: Sequence[Any], metrics: Sequence[str], scorers: Scorers
-) -> list[Any]:
-    """VIEScores of a chunk of edits in one `score_many` call (the judge's requests run concurrently), one
-    per sample: a score, an exception for a failed sample, or None where there is nothing to score."""
-    results: list[Any] = [None] * len(samples)
-    if benchmark != "gedit" or not set(metrics) & _VIE_METRICS:
-        return results
-    todo, items = [], []
-    for i, (sample, made) in enumerate(zip(samples, produced, strict=True)):
-        if made.error is not None:
-            continue
-        try:
-            items.append((_judge_source(sample, made.source), made.outputs[-1], sample.instruction))
-            todo.append(i)
-        except DiptychError as err:
-            results[i] = err
-    if not items:
-        return results
-    judge = scorers.vie
-    if hasattr(judge, "score_many"):
-        scores = judge.score_many(items, return_exceptions=True)
-    else:
-        scores = []
-        for item in items:
-            try:
-                scores.append(judge.score(*item))
-            except DiptychError as err:
-                scores.append(err)
-    for i, score in zip(todo, scores, strict=True):
-        results[i] = score
-    return results
-
-
-def _resized(image: Image.Image, reference: Image.Image) -> Image.Image:
-    # MagicBrush's official L1/L2 resize the output to the ground truth's size (bicubic).
-    if image.size == reference.size:
-        return image
-    return image.resize(reference.size, Image.Resampling.BICUBIC)
-
-
-def compute_metrics(
-    benchmark: str,
-    sample: Sample,
-    edited: Image.Image,
-    wanted: Sequence[str],
-    scorers: Scorers,
-    *,
-    source: Image.Image | None = None,
-    target: Image.Image | None = None,
-    vie_result: Any = None,
-) -> dict[str, float]:
-    """The `wanted` metrics of one edited image; a metric whose inputs the sample lacks (no caption) is
-    left out. `source` / `target` are the loaded images when the caller has them already; `vie_result`
-    a VIEScore already computed for this edit."""
-    wanted = set(wanted)
-    values: dict[str, float] = {}
-    if benchmark == "shapes":
-        from ..shapes_core.edits import judge_edit
-
-        size = int(sample.meta["size"])
-        score = judge_edit(edited.resize((size, size), Image.Resampling.BICUBIC), sample.edit)
-        if "success" in wanted:
-            values["success"] = 1.0 if score.success else 0.0
-        if "l1" in wanted:
-            values["l1"] = float(score.l1)
-        return values
-    if benchmark == "gedit":
-        if wanted & _VIE_METRICS:
-            result = vie_result
-            if result is None:
-                result = scorers.vie.score(_judge_source(sample, source), edited, sample.instruction)
-            for key, attr in (("vie_sc", "sc"), ("vie_pq", "pq"), ("vie_overall", "overall")):
-                if key in wanted:
-                    values[key] = float(getattr(result, attr))
-        return values
-    if source is None:
-        source = sample.source.load()
-    if benchmark == "emu-edit":
-        reference = source  # no ground truth: image metrics are source vs edit
-    else:
-        if target is None:
-            if sample.target is None:
-                raise EvalError(f"sample {sample.id} has no ground truth")
-            target = sample.target.load()
-        reference = target
-    if "l1" in wanted:
-        values["l1"] = scorers.l1(_resized(edited, reference), reference)
-    if "l2" in wanted:
-        values["l2"] = scorers.l2(_resized(edited, reference), reference)
-    if "clip_i" in wanted:
-        values["clip_i"] = float(scorers.clip.clip_i(reference, edited))
-    if "dino" in wanted:
-        values["dino"] = float(scorers.dino.dino(reference, edited))
-    caption = sample.output_caption
-    if caption and wanted & {"clip_out", "clip_t"}:
-        score = float(scorers.clip.clip_t(edited, caption))
-        values.update({k: score for k in ("clip_out", "clip_t") if k in wanted})
-    if "clip_dir" in wanted and sample.input_caption and caption:
-        values["clip_dir"] = float(scorers.clip.clip_dir(source, edited, sample.input_caption, caption))
-    return {k: v for k, v in values.items() if math.isfinite(v)}
-
-
 # ------------------------------------------------------------------------------------------- processes
 
 
@@ -457,11 +264,11 @@ def _settings(config: EvalConfig, bench: Benchmark, metrics: Sequence[str], mode
             settings[name] = getattr(config, name)
     if mode == "predictions":
         settings["predictions"] = str(Path(config.predictions).resolve())  # type: ignore[arg-type]
-    if set(metrics) & _CLIP_METRICS:
+    if set(metrics) & CLIP_METRICS:
         settings["clip"] = config.clip
     if "dino" in metrics:
         settings["dino"] = config.dino
-    if set(metrics) & _VIE_METRICS:
+    if set(metrics) & VIE_METRICS:
         settings["judge"] = config.judge
     return settings
 
@@ -548,7 +355,7 @@ def run_evaluation(
     )
     if todo:
         # Load the metric models and the edit model now: a bad name fails before anything is written.
-        scorer.prepare(bench.name, metrics)
+        scorer.prepare(bench.scoring, metrics)
         if mode == "edit":
             producer.editor  # noqa: B018
     out.mkdir(parents=True, exist_ok=True)
@@ -563,11 +370,11 @@ def run_evaluation(
                 chunk = todo[start : start + config.batch_size]
                 began = time.perf_counter()
                 produced = producer.produce(chunk)
-                vie = score_vie_batch(bench.name, chunk, produced, metrics, scorer)
+                judged = bench.scoring.judge_batch(chunk, produced, metrics, scorer)
                 seconds = (time.perf_counter() - began) / len(chunk)
-                for sample, result, judged in zip(chunk, produced, vie, strict=True):
+                for sample, result, verdict in zip(chunk, produced, judged, strict=True):
                     record = _finish(
-                        bench.name, sample, order[sample.id], result, metrics, scorer, out, mode, seconds, judged
+                        bench.scoring, sample, order[sample.id], result, metrics, scorer, out, mode, seconds, verdict
                     )
                     sink.append(record)
                     computed += 1
@@ -758,7 +565,7 @@ def _relative(path: Path, out: Path) -> str:
 
 
 def _finish(
-    benchmark: str,
+    scoring: Scoring,
     sample: Sample,
     order: int,
     produced: _Produced,
@@ -767,7 +574,7 @@ def _finish(
     out: Path,
     mode: str,
     seconds: float,
-    vie_result: Any = None,
+    judged: Any = None,
 ) -> dict[str, Any]:
     """Save the images of one sample, score it, and return its log record."""
     record: dict[str, Any] = {
@@ -803,17 +610,10 @@ def _finish(
                 images["edit"] = _relative(produced.edit_file, out)
             _thumbnail(edited, thumbs / f"{sample.id}.edit.jpg")
             images["edit_thumb"] = f"thumbs/{sample.id}.edit.jpg"
-            if isinstance(vie_result, BaseException):
-                raise vie_result
+            if isinstance(judged, BaseException):
+                raise judged
             record["metrics"] = compute_metrics(
-                benchmark,
-                sample,
-                edited,
-                metrics,
-                scorers,
-                source=produced.source,
-                target=target,
-                vie_result=vie_result,
+                scoring, sample, edited, metrics, scorers, source=produced.source, target=target, judged=judged
             )
     except DiptychError as err:
         record["error"] = _error_text(err)
