@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "conditioning",
                 "metrics",
                 "parquet",
+                "speed",
                 "shapes_core",
             }
         ),

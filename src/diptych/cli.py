@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_options import BASE_HELP, add_model_options, is_builtin_base, model_options, run_guarded
+from .cli_options import BASE_HELP, add_model_options, add_speed_options, is_builtin_base, model_options, run_guarded
 from .errors import DiptychError, InputError
 
 DEFAULT_EARLY_STEPS = 10  # the paper's: 10 early steps per candidate (clamped to --steps when not given)
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = edit.add_argument_group("model")
     add_model_options(model, base_help=BASE_HELP + " (default black-forest-labs/FLUX.1-Fill-dev)")
+    add_speed_options(model)
     model.add_argument("--fuse", action="store_true", help="fold the adapter into the base weights (faster)")
     model.add_argument(
         "--task",

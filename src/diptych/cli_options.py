@@ -32,6 +32,9 @@ def is_builtin_base(base: object) -> bool:
     return isinstance(base, str) and (base == "shapes" or base.startswith("shapes:"))
 
 
+#: `--quantize` values (`diptych.speed.QUANTIZE_MODES`; a test keeps them equal).
+QUANTIZE_CHOICES = ("int8", "fp8", "nf4")
+
 #: `--moe-dispatch` values (`diptych.adapters.moe.DISPATCHES`; a test keeps them equal without importing torch here).
 MOE_DISPATCH_CHOICES = ("dense", "sparse")
 
@@ -96,10 +99,30 @@ class RenamedOption(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def add_speed_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--cache`, `--quantize` and `--compile` (diptych.speed; docs/performance.md), for commands that sample."""
+    parser.add_argument(
+        "--cache",
+        default=None,
+        metavar="MODE",
+        help="reuse transformer work across steps: fbcache[:THRESHOLD] (default 0.05), taylorseer, "
+        "magcache[:THRESHOLD], fastercache (diffusers' cache hooks; faster, slightly different images)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default=None,
+        help="quantize the transformer (and T5): int8 (torchao weight-only, any device), fp8 or nf4 (CUDA)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer's repeated blocks (slow first edit)"
+    )
+
+
 def model_options(args: argparse.Namespace) -> dict:
-    """The keywords of `load_fill_pipeline` / `Editor.from_pretrained` from `add_model_options`' arguments
+    """The keywords of `Editor.from_pretrained` from `add_model_options`' (and `add_speed_options`') arguments
     (the base and adapter are passed positionally: `args.base`, `args.lora`)."""
-    return {
+    options = {
         "adapter_scale": args.lora_scale,
         "device": args.device,
         "dtype": args.dtype,
@@ -107,6 +130,10 @@ def model_options(args: argparse.Namespace) -> dict:
         "local_files_only": args.local_files_only,
         "moe_dispatch": args.moe_dispatch,
     }
+    for name in ("cache", "quantize", "compile"):
+        if hasattr(args, name):
+            options[name] = getattr(args, name)
+    return options
 
 
 def add_threads_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

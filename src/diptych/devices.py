@@ -25,8 +25,9 @@ DTYPE_NAMES: dict[str, str] = {
 
 DTYPE_CHOICES: tuple[str, ...] = ("bf16", "fp16", "fp32")
 
-OFFLOAD_MODES: tuple[str, ...] = ("none", "model", "sequential")
-"""CPU offload: none, model (each model moves to the accelerator while it runs), sequential (layer by layer)."""
+OFFLOAD_MODES: tuple[str, ...] = ("none", "model", "sequential", "group")
+"""CPU offload: none, model (each model moves to the accelerator while it runs), sequential (layer by layer),
+group (diffusers' group offloading: blocks stream to the accelerator just before they run)."""
 
 
 def default_device() -> torch.device:

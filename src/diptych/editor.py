@@ -22,9 +22,17 @@ from .devices import default_device, default_dtype  # noqa: F401  (public names 
 from .encoders import FluxPromptEncoder, PromptEncoder
 from .errors import DiptychError, InputError, WeightsError
 from .images import load_image, load_mask, validate_instruction
-from .loading import DEFAULT_BASE, OFFLOAD_MODES, check_fill_transformer, load_fill_pipeline  # noqa: F401
+from .loading import (  # noqa: F401  (DEFAULT_BASE, OFFLOAD_MODES: public names kept importable from here)
+    DEFAULT_BASE,
+    OFFLOAD_MODES,
+    check_fill_transformer,
+    fuse_adapter,
+    load_fill_pipeline,
+    unfuse_adapter,
+)
 from .prompts import build_prompt, resolve_template
 from .sampler import FillSampler, FillState
+from .speed import CacheMode
 
 if TYPE_CHECKING:
     from .conditioning.task_embedding import TaskEmbedding
@@ -76,15 +84,17 @@ class Editor:
         encoder: PromptEncoder | None = None,
         default_width: int = 512,
         max_canvas_pixels: int = cv.DEFAULT_MAX_CANVAS_PIXELS,
+        cache: CacheMode | str | None = None,
     ):
         check_fill_transformer(pipe.transformer.config, pipe.vae.config, where="this pipeline")
         self.pipe = pipe
         self.encoder: PromptEncoder = encoder or FluxPromptEncoder(pipe)
-        self.sampler = FillSampler(pipe)
+        self.sampler = FillSampler(pipe, cache=cache)
         self.default_width = default_width
         self.max_canvas_pixels = max_canvas_pixels
         self.adapter_kind: str | None = None  # "lora" or "moe" once an adapter is loaded
         self.adapter_fused = False
+        self.quantized: str | None = None  # the quantization mode of the loaded weights
         self.task_embedding: TaskEmbedding | None = None  # see use_task_embedding
         self.task_predictor = None
 
@@ -101,6 +111,9 @@ class Editor:
         offload: str = "none",
         local_files_only: bool = False,
         moe_dispatch: str = "dense",
+        cache: CacheMode | str | None = None,
+        quantize: str | None = None,
+        compile: bool = False,
     ) -> Editor:
         """Load a Fill model from the hub or a local diffusers folder, plus an optional adapter.
 
@@ -115,7 +128,13 @@ class Editor:
         up to float rounding).
 
         `offload`: "none" (everything on `device`), "model" (each model moves to the GPU while it runs;
-        fits 24 GB cards) or "sequential" (layer by layer; least memory, slowest).
+        fits 24 GB cards), "sequential" (layer by layer; least memory, slowest) or "group" (diffusers' group
+        offloading, block by block).
+
+        Speed and memory modes (`diptych.speed`, docs/performance.md): `cache` "fbcache[:THRESHOLD]",
+        "taylorseer", "magcache[:THRESHOLD]" or "fastercache" (diffusers' cache hooks; also settable later as
+        `editor.cache`); `quantize` "int8" (any device), "fp8" or "nf4" (CUDA); `compile` regional
+        `torch.compile` of the transformer's repeated blocks.
         """
         model = load_fill_pipeline(
             base,
@@ -126,18 +145,29 @@ class Editor:
             offload=offload,
             local_files_only=local_files_only,
             moe_dispatch=moe_dispatch,
+            quantize=quantize,
+            compile=compile,
         )
-        editor = cls(model.pipe, encoder=model.encoder, default_width=model.default_width)
-        editor.adapter_kind = model.adapter_kind
-        if model.builtin and model.adapter_kind is not None:
-            # Equal up to float rounding and 20% faster on a CPU (benchmarks/shapes_speed.py); unfuse_adapter()
-            # before changing the adapter's scale.
-            editor.fuse_adapter()
+        editor = cls(model.pipe, encoder=model.encoder, default_width=model.default_width, cache=cache)
+        editor.adapter_kind, editor.adapter_fused, editor.quantized = (
+            model.adapter_kind,
+            model.adapter_fused,
+            model.quantized,
+        )
         if model.task_embedding_file is not None:
             from .conditioning.task_embedding import load_task_embedding
 
             editor.use_task_embedding(load_task_embedding(model.task_embedding_file))
         return editor
+
+    @property
+    def cache(self) -> CacheMode | None:
+        """The sampler's caching mode (`diptych.speed.CacheMode`); set a spec such as "fbcache:0.1" or None."""
+        return self.sampler.cache
+
+    @cache.setter
+    def cache(self, spec: CacheMode | str | None) -> None:
+        self.sampler.cache = spec
 
     # ------------------------------------------------------------------ adapters
     def fuse_adapter(self) -> None:
@@ -150,24 +180,18 @@ class Editor:
             raise InputError("there is no adapter to fuse: load one with Editor.from_pretrained(adapter=...)")
         if self.adapter_fused:
             return
-        if self.adapter_kind == "lora":
-            self.pipe.fuse_lora(components=["transformer"], adapter_names=None)
-        else:
-            from .adapters import fuse_lora
-
-            fuse_lora(self.pipe.transformer)
+        if self.quantized:
+            raise InputError(f"a {self.quantized}-quantized base cannot fold an adapter in; load it without --quantize")
+        fuse_adapter(self.pipe, self.adapter_kind)
         self.adapter_fused = True
 
     def unfuse_adapter(self) -> None:
         """Undo `fuse_adapter` (the base weights come back up to rounding)."""
         if not self.adapter_fused:
             return
-        if self.adapter_kind == "lora":
-            self.pipe.unfuse_lora(components=["transformer"])
-        else:
-            from .adapters import unfuse_lora
-
-            unfuse_lora(self.pipe.transformer)
+        if self.quantized:
+            raise InputError(f"the adapter was folded in before {self.quantized} quantization and cannot be taken out")
+        unfuse_adapter(self.pipe, self.adapter_kind)
         self.adapter_fused = False
 
     # ------------------------------------------------------------------ Emu Edit tasks

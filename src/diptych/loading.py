@@ -27,6 +27,7 @@ from .devices import OFFLOAD_MODES, default_dtype, parse_device, parse_dtype
 from .encoders import FluxPromptEncoder, PromptEncoder
 from .errors import InputError, WeightsError
 from .hub import check_hub_access
+from .speed import check_quantize, quantize_transformer
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-Fill-dev"
 
@@ -42,6 +43,8 @@ class FillModel:
     default_width: int = 512
     builtin: bool = False
     task_embedding_file: Path | None = None
+    quantized: str | None = None  # the --quantize mode, when the weights are quantized
+    adapter_fused: bool = False  # the built-in adapter's plain-LoRA layers are folded in at load
 
 
 def load_fill_pipeline(
@@ -55,13 +58,21 @@ def load_fill_pipeline(
     local_files_only: bool = False,
     moe_dispatch: str = "dense",
     max_sequence_length: int = 512,
+    quantize: str | None = None,
+    compile: bool = False,
 ) -> FillModel:
     """Load a Fill model and an optional adapter (plain LoRA or LoRA-MoE, told apart by its keys).
 
     `base`: a hub id, a local diffusers folder, or `shapes[:FOLDER]` (the built-in model; its `adapter`
     defaults to the shipped LoRA-MoE, `"lora"` is the shipped plain LoRA and `"none"` the bare base).
-    `offload`: "none", "model" (each model moves to the accelerator while it runs) or "sequential" (layer by
-    layer). `max_sequence_length` is the T5 length of FLUX's encoder (the built-in MiniLM has its own).
+    `offload`: "none", "model" (each model moves to the accelerator while it runs), "sequential" (layer by
+    layer) or "group" (diffusers' group offloading, block by block). `max_sequence_length` is the T5 length of
+    FLUX's encoder (the built-in MiniLM has its own).
+
+    Speed and memory modes (`diptych.speed`): `quantize` "int8" (torchao weight-only; any device), "fp8"
+    (torchao, CUDA) or "nf4" (bitsandbytes at load, CUDA; not for the built-in model) for the transformer
+    (and T5); `compile` compiles the transformer's repeated blocks (regional `torch.compile`, diffusers'
+    `compile_repeated_blocks`). Adapters load before quantization and stay in full precision.
     """
     if offload not in OFFLOAD_MODES:
         raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
@@ -71,10 +82,20 @@ def load_fill_pipeline(
     dtype = parse_dtype(dtype) if dtype is not None else default_dtype(device)
     if offload != "none" and device.type == "cpu":
         raise InputError(f"offload={offload!r} moves models to an accelerator; with device=cpu use 'none'")
+    check_quantize(quantize, device.type)
     if is_builtin_base(str(base)):
-        return _load_shapes(
+        if quantize == "nf4":
+            raise InputError("--quantize nf4 quantizes at load from a diffusers folder; the built-in model takes int8")
+        model = _load_shapes(
             str(base), adapter, adapter_scale=adapter_scale, device=device, dtype=dtype, moe_dispatch=moe_dispatch
         )
+        if model.adapter_kind is not None:
+            # Equal up to float rounding and 20% faster on a CPU (benchmarks/shapes_speed.py); before quantizing,
+            # which cannot fold an adapter in. `Editor.unfuse_adapter()` before changing the adapter's scale.
+            fuse_adapter(model.pipe, model.adapter_kind)
+            model.adapter_fused = True
+        _speed_up(model, quantize=quantize, compile=compile)
+        return model
 
     base = str(base)
     _check_base_exists(base)
@@ -92,8 +113,19 @@ def load_fill_pipeline(
     transformer_cfg = _load_config(FluxTransformer2DModel, base, "transformer", base_local_only)
     vae_cfg = _load_config(AutoencoderKL, base, "vae", base_local_only)
     check_fill_transformer(transformer_cfg, vae_cfg, where=base)
+    quantization = None
+    if quantize == "nf4":  # bitsandbytes quantizes while loading
+        from diffusers.quantizers import PipelineQuantizationConfig
+
+        quantization = PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_4bit",
+            quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype},
+            components_to_quantize=["transformer", "text_encoder_2"],
+        )
     try:
-        pipe = FluxFillPipeline.from_pretrained(base, dtype=dtype, local_files_only=base_local_only)
+        pipe = FluxFillPipeline.from_pretrained(
+            base, dtype=dtype, local_files_only=base_local_only, quantization_config=quantization
+        )
     except (OSError, ValueError) as err:
         raise WeightsError(f"cannot load the pipeline from {base}: {err}") from err
     for module in pipe.components.values():
@@ -105,14 +137,51 @@ def load_fill_pipeline(
         adapter_kind = load_adapter(
             pipe, adapter, scale=adapter_scale, local_files_only=local_files_only, moe_dispatch=moe_dispatch
         )
+    model = FillModel(pipe, FluxPromptEncoder(pipe, max_sequence_length=max_sequence_length), adapter_kind=adapter_kind)
+    if quantize != "nf4":
+        _speed_up(model, quantize=quantize, compile=False)  # quantize on the CPU, before the move
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
+    elif offload == "group":
+        pipe.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1)
     else:
         pipe.to(device)
-    encoder = FluxPromptEncoder(pipe, max_sequence_length=max_sequence_length)
-    return FillModel(pipe, encoder, adapter_kind=adapter_kind)
+    _speed_up(model, quantize=None, compile=compile)
+    return model
+
+
+def fuse_adapter(pipe: FluxFillPipeline, kind: str) -> None:
+    """Fold a loaded adapter into the base weights (plain LoRA layers; LoRA-MoE experts stay dynamic)."""
+    if kind == "lora":
+        pipe.fuse_lora(components=["transformer"], adapter_names=None)
+    else:
+        from .adapters import fuse_lora
+
+        fuse_lora(pipe.transformer)
+
+
+def unfuse_adapter(pipe: FluxFillPipeline, kind: str) -> None:
+    """Undo `fuse_adapter` (the base weights come back up to rounding)."""
+    if kind == "lora":
+        pipe.unfuse_lora(components=["transformer"])
+    else:
+        from .adapters import unfuse_lora
+
+        unfuse_lora(pipe.transformer)
+
+
+def _speed_up(model: FillModel, *, quantize: str | None, compile: bool) -> None:
+    """torchao weight-only quantization of the transformer (and T5) and regional compilation."""
+    model.quantized = quantize or model.quantized
+    if quantize in ("int8", "fp8"):
+        quantize_transformer(model.pipe.transformer, quantize)
+        text_encoder = getattr(model.pipe, "text_encoder_2", None)
+        if text_encoder is not None:
+            quantize_transformer(text_encoder, quantize)
+    if compile:
+        model.pipe.transformer.compile_repeated_blocks()
 
 
 def _load_shapes(

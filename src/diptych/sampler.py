@@ -15,6 +15,7 @@ Two details make that exact:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from safetensors.torch import load_file, save
 
 from .errors import InputError
 from .files import write_atomic
+from .speed import CacheMode
 
 StepCallback = Callable[[int, int], None]
 
@@ -141,10 +143,49 @@ class FillState:
 
 
 class FillSampler:
-    """Runs FLUX.1 Fill sampling on prepared diptychs, one explicit step at a time."""
+    """Runs FLUX.1 Fill sampling on prepared diptychs, one explicit step at a time.
 
-    def __init__(self, pipe: FluxFillPipeline):
+    `cache` (a `diptych.speed.CacheMode`, or a spec such as "fbcache:0.1") turns on one of diffusers' cache
+    hooks for every step; see `_use_cache` for how its state is kept to one run.
+    """
+
+    def __init__(self, pipe: FluxFillPipeline, *, cache: CacheMode | str | None = None):
         self.pipe = pipe
+        self.cache = cache
+        self._cache_key: tuple | None = None  # (mode, steps) the transformer's hooks were made for
+        self._last_state: FillState | None = None  # the state the last step returned
+        self._timestep = 1000.0
+
+    @property
+    def cache(self) -> CacheMode | None:
+        return self._cache
+
+    @cache.setter
+    def cache(self, spec: CacheMode | str | None) -> None:
+        self._cache = CacheMode.parse(spec)
+
+    def _use_cache(self, state: FillState) -> contextlib.AbstractContextManager:
+        """Set the transformer's cache hooks up for a step of `state`, in the context they need.
+
+        The hooks are (re)made when the mode or the run's number of steps changes (MagCache's ratios depend on
+        it), and their state is reset whenever `state` is not the one the previous step returned — a new
+        batch, a resumed `FillState`, the early filter's winner — so residuals of another image never leak."""
+        transformer = self.pipe.transformer
+        mode = self._cache
+        if mode is None:
+            if self._cache_key is not None:
+                transformer.disable_cache()
+                self._cache_key = None
+            return contextlib.nullcontext()
+        key = (mode, state.num_steps)
+        if key != self._cache_key:
+            if self._cache_key is not None:
+                transformer.disable_cache()
+            transformer.enable_cache(mode.config(steps=state.num_steps, current_timestep=lambda: self._timestep))
+            self._cache_key, self._last_state = key, None
+        if state is not self._last_state:
+            transformer._reset_stateful_cache()
+        return transformer.cache_context("cond")
 
     @property
     def vae_scale(self) -> int:
@@ -270,16 +311,18 @@ class FillSampler:
         t = state.timesteps[i]
         timestep = t.expand(latents.shape[0]).to(latents.dtype)
         guidance = state.guidance if pipe.transformer.config.guidance_embeds else None
-        velocity = pipe.transformer(
-            hidden_states=torch.cat((latents, state.condition), dim=2),
-            timestep=timestep / 1000,
-            guidance=guidance,
-            pooled_projections=state.pooled_prompt_embeds,
-            encoder_hidden_states=state.prompt_embeds,
-            txt_ids=text_ids,
-            img_ids=image_ids,
-            return_dict=False,
-        )[0]
+        self._timestep = float(t)
+        with self._use_cache(state):
+            velocity = pipe.transformer(
+                hidden_states=torch.cat((latents, state.condition), dim=2),
+                timestep=timestep / 1000,
+                guidance=guidance,
+                pooled_projections=state.pooled_prompt_embeds,
+                encoder_hidden_states=state.prompt_embeds,
+                txt_ids=text_ids,
+                img_ids=image_ids,
+                return_dict=False,
+            )[0]
         sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
         x0 = latents - sigma.to(latents.device, latents.dtype) * velocity
         new_latents = (latents.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
@@ -287,7 +330,8 @@ class FillSampler:
             level = sigma_next.to(new_latents.device, new_latents.dtype)
             kept = (1 - level) * state.keep_latents + level * state.noise
             new_latents = state.keep_mask * kept + (1 - state.keep_mask) * new_latents
-        return replace(state, latents=new_latents, step=i + 1, x0=x0)
+        self._last_state = replace(state, latents=new_latents, step=i + 1, x0=x0)
+        return self._last_state
 
     def run(self, state: FillState, *, until: int | None = None, callback: StepCallback | None = None) -> FillState:
         """Run steps until step index `until` (default: the end). `callback(step, total)` after each."""

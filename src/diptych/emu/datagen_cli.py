@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli_options import RenamedOption, add_model_options, model_options
+from ..cli_options import RenamedOption, add_model_options, add_speed_options, model_options
 
 DATAGEN_EXAMPLES = """\
 examples:
@@ -44,7 +44,9 @@ def add_datagen_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--source", required=True, help="shapes | llm:URL?model=NAME | python:module:function")
     parser.add_argument("--n", type=int, default=None, help="number of items (default: all of --inputs)")
     parser.add_argument("--out", required=True, help="output folder")
-    add_model_options(parser.add_argument_group("model"), base_required=True)
+    model = parser.add_argument_group("model")
+    add_model_options(model, base_required=True)
+    add_speed_options(model)
     parser.add_argument("--adapter", dest="lora", action=RenamedOption, new="--lora", help=argparse.SUPPRESS)
     parser.add_argument(
         "--filter",

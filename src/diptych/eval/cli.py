@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..cli_options import BASE_HELP, add_model_options
+from ..cli_options import BASE_HELP, add_model_options, add_speed_options
 
 EVAL_EXAMPLES = """\
 examples:
@@ -70,6 +70,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
     source = parser.add_argument_group("where the edits come from")
     add_model_options(source, base_help="Fill model to edit with: " + BASE_HELP)
+    add_speed_options(source)
     source.add_argument("--predictions", metavar="DIR", help="score the images in DIR instead of editing")
 
     sampling = parser.add_argument_group("sampling")
@@ -143,6 +144,9 @@ def config_from_args(args: argparse.Namespace):
         dtype=args.dtype,
         offload=args.offload,
         local_files_only=args.local_files_only,
+        cache=args.cache,
+        quantize=args.quantize,
+        compile=args.compile,
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,

@@ -103,6 +103,9 @@ class EvalConfig:
     lora: str | None = None
     lora_scale: float = 1.0
     moe_dispatch: str = "dense"
+    cache: str | None = None  # speed modes (diptych.speed): they change results, so they are run settings
+    quantize: str | None = None
+    compile: bool = False
     device: str | None = None
     dtype: str | None = None
     offload: str = "none"
@@ -260,8 +263,12 @@ def _settings(config: EvalConfig, bench: Benchmark, metrics: Sequence[str], mode
         **{k: v for k, v in bench.info.items() if k != "model"},
     }
     if mode == "edit":
-        for name in ("base", "lora", "lora_scale", "moe_dispatch", "steps", "guidance", "seed", "width", "template"):
+        names = ("base", "lora", "lora_scale", "moe_dispatch", "steps", "guidance", "seed", "width", "template")
+        for name in names:
             settings[name] = getattr(config, name)
+        for name in ("cache", "quantize"):  # recorded when used, so runs from before these options still resume
+            if getattr(config, name):
+                settings[name] = getattr(config, name)
     if mode == "predictions":
         settings["predictions"] = str(Path(config.predictions).resolve())  # type: ignore[arg-type]
     if set(metrics) & CLIP_METRICS:
@@ -468,6 +475,9 @@ class _Producer:
                 offload=cfg.offload,
                 local_files_only=cfg.local_files_only,
                 moe_dispatch=cfg.moe_dispatch,
+                cache=cfg.cache,
+                quantize=cfg.quantize,
+                compile=cfg.compile,
             )
         return self._editor
 

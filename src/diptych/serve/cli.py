@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli_options import BASE_HELP, add_model_options, model_options
+from ..cli_options import BASE_HELP, add_model_options, add_speed_options, model_options
 from ..errors import DiptychError, WeightsError
 from .settings import ServeSettings
 
@@ -29,6 +29,7 @@ then:
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     add_model_options(model, base_help=BASE_HELP + " (default: shapes)")
+    add_speed_options(model)
     model.add_argument("--width", type=int, default=None, help="panel width in pixels (default: the model's)")
     model.add_argument(
         "--judge",
