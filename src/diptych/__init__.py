@@ -7,7 +7,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
+
+# diffusers imports torchao (the `speed` extra) whenever it is installed, and torchao 0.18 with torch 2.13 and
+# diffusers 0.42 logs warnings at import that concern none of diptych's uses (CUDA kernel libraries it cannot
+# load on a CPU, a deprecated pytree registration, torchao checkpoint types): every command would start with
+# them. Only those loggers are quieted, and only when nobody configured them.
+for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 __all__ = ["EditRequest", "Editor", "FillSampler", "FillState", "__version__"]

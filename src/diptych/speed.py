@@ -14,7 +14,6 @@ Modes that cannot run where asked are refused in one line (`check_quantize`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -101,18 +100,10 @@ def quantize_transformer(transformer: Any, mode: str) -> None:
     weight-only on CUDA). Adapter layers (LoRA / LoRA-MoE experts and routers) stay in full precision."""
     import torch
 
-    # torchao's import logs, at warning level, each CUDA kernel library it cannot load on this machine.
-    noisy = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in noisy]
-    for logger in noisy:
-        logger.setLevel(logging.ERROR)
-    try:
+    try:  # (its import-time warnings are quieted in diptych/__init__.py)
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
     except ImportError as err:
-        raise InputError("--quantize int8 / fp8 needs torchao: pip install torchao") from err
-    finally:
-        for logger, level in zip(noisy, levels, strict=True):
-            logger.setLevel(level)
+        raise InputError("--quantize int8 / fp8 needs torchao: pip install 'diptych[speed]'") from err
 
     def is_base_linear(module: torch.nn.Module, name: str) -> bool:
         adapter = any(part in name for part in ("lora_", "experts", "router", "gate"))
