@@ -137,3 +137,32 @@ def test_regional_compile_marks_the_repeated_blocks(tiny_base):
     model = load_fill_pipeline(tiny_base, device="cpu", dtype="fp32", compile=True)
     blocks = [*model.pipe.transformer.transformer_blocks, *model.pipe.transformer.single_transformer_blocks]
     assert blocks and all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks)
+
+
+def test_a_gguf_transformer_loads_quantized_and_edits_like_its_source(tiny_base, tmp_path, shapes_cases):
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from diptych.testing import save_gguf_transformer
+
+    source = Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32")
+    file = save_gguf_transformer(source.pipe.transformer, tmp_path / "transformer-Q8_0.gguf")
+    loaded = Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32", gguf=file)
+    quantized = [n for n, p in loaded.pipe.transformer.named_parameters() if isinstance(p, GGUFParameter)]
+    assert len(quantized) >= 10 and loaded.quantized == "gguf"
+    request = [EditRequest(random_image(32, 32, seed=1), "make it red", 3)]
+    a = source.edit_many(request, steps=4, width=32)[0]
+    b = loaded.edit_many(request, steps=4, width=32)[0]
+    assert psnr(a, b) > 30 and not np.array_equal(np.asarray(a), np.asarray(b))  # Q8_0: close, not the same
+    # The built-in model with its LoRA-MoE on a GGUF transformer (the adapter stays a separate layer).
+    shapes = Editor.from_pretrained("shapes", device="cpu", adapter="none")
+    shapes_file = save_gguf_transformer(shapes.pipe.transformer, tmp_path / "shapes-Q8_0.gguf")
+    with_moe = Editor.from_pretrained("shapes", device="cpu", gguf=shapes_file)
+    assert with_moe.adapter_kind == "moe" and not with_moe.adapter_fused
+    reference = Editor.from_pretrained("shapes", device="cpu")
+    x = reference.edit_many(shapes_cases, steps=8, batch_size=2)
+    y = with_moe.edit_many(shapes_cases, steps=8, batch_size=2)
+    assert np.mean([psnr(u, v) for u, v in zip(x, y, strict=True)]) > 30
+    with pytest.raises(InputError, match="does not exist"):
+        load_fill_pipeline(tiny_base, device="cpu", gguf=tmp_path / "missing.gguf")
+    with pytest.raises(InputError, match="leave out --quantize"):
+        load_fill_pipeline(tiny_base, device="cpu", gguf=file, quantize="int8")

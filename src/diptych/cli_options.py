@@ -117,6 +117,9 @@ def add_speed_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the transformer's repeated blocks (slow first edit)"
     )
+    parser.add_argument(
+        "--gguf", metavar="FILE", default=None, help="the transformer from a GGUF file (e.g. a Q8_0 FLUX.1 Fill)"
+    )
 
 
 def model_options(args: argparse.Namespace) -> dict:
@@ -130,7 +133,7 @@ def model_options(args: argparse.Namespace) -> dict:
         "local_files_only": args.local_files_only,
         "moe_dispatch": args.moe_dispatch,
     }
-    for name in ("cache", "quantize", "compile"):
+    for name in ("cache", "quantize", "compile", "gguf"):
         if hasattr(args, name):
             options[name] = getattr(args, name)
     return options

@@ -114,6 +114,7 @@ class Editor:
         cache: CacheMode | str | None = None,
         quantize: str | None = None,
         compile: bool = False,
+        gguf: str | os.PathLike | None = None,
     ) -> Editor:
         """Load a Fill model from the hub or a local diffusers folder, plus an optional adapter.
 
@@ -134,7 +135,8 @@ class Editor:
         Speed and memory modes (`diptych.speed`, docs/performance.md): `cache` "fbcache[:THRESHOLD]",
         "taylorseer", "magcache[:THRESHOLD]" or "fastercache" (diffusers' cache hooks; also settable later as
         `editor.cache`); `quantize` "int8" (any device), "fp8" or "nf4" (CUDA); `compile` regional
-        `torch.compile` of the transformer's repeated blocks.
+        `torch.compile` of the transformer's repeated blocks; `gguf` a GGUF file of the transformer (e.g. a Q8_0
+        FLUX.1 Fill), the rest of the pipeline from `base`.
         """
         model = load_fill_pipeline(
             base,
@@ -147,6 +149,7 @@ class Editor:
             moe_dispatch=moe_dispatch,
             quantize=quantize,
             compile=compile,
+            gguf=gguf,
         )
         editor = cls(model.pipe, encoder=model.encoder, default_width=model.default_width, cache=cache)
         editor.adapter_kind, editor.adapter_fused, editor.quantized = (

@@ -27,7 +27,7 @@ from .devices import OFFLOAD_MODES, default_dtype, parse_device, parse_dtype
 from .encoders import FluxPromptEncoder, PromptEncoder
 from .errors import InputError, WeightsError
 from .hub import check_hub_access
-from .speed import check_quantize, quantize_transformer
+from .speed import check_quantize, load_gguf_transformer, quantize_transformer
 
 DEFAULT_BASE = "black-forest-labs/FLUX.1-Fill-dev"
 
@@ -60,6 +60,7 @@ def load_fill_pipeline(
     max_sequence_length: int = 512,
     quantize: str | None = None,
     compile: bool = False,
+    gguf: str | os.PathLike | None = None,
 ) -> FillModel:
     """Load a Fill model and an optional adapter (plain LoRA or LoRA-MoE, told apart by its keys).
 
@@ -72,7 +73,8 @@ def load_fill_pipeline(
     Speed and memory modes (`diptych.speed`): `quantize` "int8" (torchao weight-only; any device), "fp8"
     (torchao, CUDA) or "nf4" (bitsandbytes at load, CUDA; not for the built-in model) for the transformer
     (and T5); `compile` compiles the transformer's repeated blocks (regional `torch.compile`, diffusers'
-    `compile_repeated_blocks`). Adapters load before quantization and stay in full precision.
+    `compile_repeated_blocks`). Adapters load before quantization and stay in full precision. `gguf`: the
+    transformer from a GGUF file instead of the base's own (the rest of the pipeline comes from `base`).
     """
     if offload not in OFFLOAD_MODES:
         raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
@@ -83,17 +85,27 @@ def load_fill_pipeline(
     if offload != "none" and device.type == "cpu":
         raise InputError(f"offload={offload!r} moves models to an accelerator; with device=cpu use 'none'")
     check_quantize(quantize, device.type)
+    if gguf is not None and quantize is not None:
+        raise InputError("--gguf loads an already quantized transformer; leave out --quantize")
     if is_builtin_base(str(base)):
         if quantize == "nf4":
             raise InputError("--quantize nf4 quantizes at load from a diffusers folder; the built-in model takes int8")
         model = _load_shapes(
-            str(base), adapter, adapter_scale=adapter_scale, device=device, dtype=dtype, moe_dispatch=moe_dispatch
+            str(base),
+            adapter,
+            adapter_scale=adapter_scale,
+            device=device,
+            dtype=dtype,
+            moe_dispatch=moe_dispatch,
+            gguf=gguf,
         )
-        if model.adapter_kind is not None:
+        if model.adapter_kind is not None and gguf is None:
             # Equal up to float rounding and 20% faster on a CPU (benchmarks/shapes_speed.py); before quantizing,
-            # which cannot fold an adapter in. `Editor.unfuse_adapter()` before changing the adapter's scale.
+            # which cannot fold an adapter in (nor can GGUF weights: there it stays a separate layer).
+            # `Editor.unfuse_adapter()` before changing the adapter's scale.
             fuse_adapter(model.pipe, model.adapter_kind)
             model.adapter_fused = True
+        model.quantized = "gguf" if gguf is not None else None
         _speed_up(model, quantize=quantize, compile=compile)
         return model
 
@@ -122,9 +134,14 @@ def load_fill_pipeline(
             quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype},
             components_to_quantize=["transformer", "text_encoder_2"],
         )
+    components = {}
+    if gguf is not None:
+        components["transformer"] = load_gguf_transformer(
+            str(gguf), base, subfolder="transformer", dtype=dtype, local_files_only=base_local_only
+        )
     try:
         pipe = FluxFillPipeline.from_pretrained(
-            base, dtype=dtype, local_files_only=base_local_only, quantization_config=quantization
+            base, dtype=dtype, local_files_only=base_local_only, quantization_config=quantization, **components
         )
     except (OSError, ValueError) as err:
         raise WeightsError(f"cannot load the pipeline from {base}: {err}") from err
@@ -138,6 +155,7 @@ def load_fill_pipeline(
             pipe, adapter, scale=adapter_scale, local_files_only=local_files_only, moe_dispatch=moe_dispatch
         )
     model = FillModel(pipe, FluxPromptEncoder(pipe, max_sequence_length=max_sequence_length), adapter_kind=adapter_kind)
+    model.quantized = "gguf" if gguf is not None else quantize
     if quantize != "nf4":
         _speed_up(model, quantize=quantize, compile=False)  # quantize on the CPU, before the move
     if offload == "model":
@@ -185,14 +203,26 @@ def _speed_up(model: FillModel, *, quantize: str | None, compile: bool) -> None:
 
 
 def _load_shapes(
-    base: str, adapter, *, adapter_scale: float, device: torch.device, dtype: torch.dtype, moe_dispatch: str
+    base: str,
+    adapter,
+    *,
+    adapter_scale: float,
+    device: torch.device,
+    dtype: torch.dtype,
+    moe_dispatch: str,
+    gguf: str | os.PathLike | None = None,
 ) -> FillModel:
     """The built-in ShapesEdit model (VAE + Fill transformer + MiniLM), by default with its LoRA-MoE."""
     from .encoders import MiniLMPromptEncoder
     from .shapes_core import models as shapes_models
 
     folder = shapes_models.resolve_folder(base)
-    pipe = shapes_models.load_pipeline(folder, dtype=dtype)
+    transformer = None
+    if gguf is not None:
+        transformer = load_gguf_transformer(
+            str(gguf), str(folder), subfolder="transformer", dtype=dtype, local_files_only=True
+        )
+    pipe = shapes_models.load_pipeline(folder, dtype=dtype, transformer=transformer)
     name = None if adapter is None else str(adapter)
     adapter_path = shapes_models.resolve_adapter(folder, name)
     adapter_kind = None

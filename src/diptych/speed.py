@@ -8,6 +8,9 @@
   winner), so nothing cached for one image or batch is reused for another.
 - quantization (`--quantize`): the transformer's linear weights, `int8` (torchao int8 weight-only; runs on a
   CPU), `fp8` (torchao float8 weight-only) and `nf4` (bitsandbytes 4-bit, at load time) need CUDA.
+- GGUF (`--gguf FILE`): a single-file transformer quantized by llama.cpp's tools (e.g. a Q8_0 or Q4_K FLUX.1 Fill),
+  loaded by diffusers (`from_single_file` + `GGUFQuantizationConfig`); the weights stay quantized and are
+  dequantized layer by layer as they run.
 
 Modes that cannot run where asked are refused in one line (`check_quantize`).
 """
@@ -127,3 +130,31 @@ def _stored_bytes(tensor: Any) -> int:
         return tensor.numel() * tensor.element_size()
     names, _ = flatten()
     return sum(_stored_bytes(getattr(tensor, name)) for name in names)
+
+
+def load_gguf_transformer(file: str, config: str, *, subfolder: str | None, dtype: Any, local_files_only: bool) -> Any:
+    """A FLUX transformer from a GGUF file, its architecture from `config` (a pipeline folder or hub id, with
+    `subfolder`); original FLUX checkpoint keys are converted by diffusers, diffusers keys are read as they are."""
+    from pathlib import Path
+
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    from .errors import WeightsError
+
+    if not Path(file).is_file():
+        raise InputError(f"GGUF file {file} does not exist; pass the .gguf of a FLUX.1 Fill transformer")
+    try:
+        import gguf  # noqa: F401  (diffusers reads the file with it)
+    except ImportError as err:
+        raise InputError("--gguf needs the gguf package: pip install 'diptych[speed]'") from err
+    try:
+        return FluxTransformer2DModel.from_single_file(
+            str(file),
+            config=config,
+            subfolder=subfolder,
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            torch_dtype=dtype,
+            local_files_only=local_files_only,
+        ).eval()
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise WeightsError(f"cannot load the GGUF transformer {file}: {err}") from err

@@ -195,6 +195,28 @@ def save_random_lora(path: str | Path, transformer: FluxTransformer2DModel, **kw
     return path
 
 
+def save_gguf_transformer(transformer: FluxTransformer2DModel, path: str | Path, *, quant: str = "Q8_0") -> Path:
+    """Write the transformer's weights, diffusers keys, to a GGUF file with the `gguf` package: 2-D weights whose
+    rows are whole blocks of `quant` (Q8_0: 32 values) quantized, every other tensor F32."""
+    import gguf
+
+    path = Path(path)
+    qtype = gguf.GGMLQuantizationType[quant]
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    for name, tensor in transformer.state_dict().items():
+        array = tensor.detach().float().cpu().numpy()
+        if name.endswith(".weight") and array.ndim == 2 and array.shape[-1] % block == 0:
+            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)  # bytes: shape inferred
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def random_image(width: int, height: int, seed: int = 0):
     """A PIL RGB image of uniform random pixels (reproducible from `seed`)."""
     import numpy as np

@@ -132,7 +132,7 @@ def test_routing_stats_in_the_transformer_count_every_token(tiny_transformer, fl
 def test_inject_errors(tiny_transformer):
     with pytest.raises(ValueError, match=r"'attn\.to_z'"):
         inject_moe(tiny_transformer, MoEConfig(lora_targets=("attn.to_z",)))
-    with pytest.raises(TypeError, match=r"not a plain nn\.Linear"):
+    with pytest.raises(TypeError, match=r"not an nn\.Linear"):
         inject_moe(tiny_transformer, MoEConfig(moe_targets=(), lora_targets=("attn.to_out",)))
     assert not adapter_layers(tiny_transformer)  # nothing half-done
     inject_moe(tiny_transformer, MoEConfig(rank=2))

@@ -72,6 +72,19 @@ TEXT_STREAM_TARGETS: tuple[str, ...] = (
 )
 
 
+def is_base_linear(module: nn.Module) -> bool:
+    """A linear layer an adapter can wrap: `nn.Linear` or a quantized subclass of it (GGUF, bitsandbytes)."""
+    return isinstance(module, nn.Linear)
+
+
+def compute_dtype(base: nn.Linear) -> torch.dtype:
+    """The dtype a base layer computes in: its weight's, or for weights stored quantized (GGUF, bitsandbytes
+    4-bit: integer storage) the layer's `compute_dtype`, else float32. Adapter weights are made in it."""
+    if base.weight.dtype.is_floating_point:
+        return base.weight.dtype
+    return getattr(base, "compute_dtype", None) or torch.float32
+
+
 class AdapterError(DiptychError, ValueError):
     """An adapter operation that cannot be done in the model's current state (e.g. injecting twice)."""
 
@@ -223,7 +236,7 @@ class LoRALinear(_AdapterBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(base, rank, alpha)
-        kw = {"device": base.weight.device, "dtype": dtype or base.weight.dtype}
+        kw = {"device": base.weight.device, "dtype": dtype or compute_dtype(base)}
         self.lora_A = nn.Linear(base.in_features, rank, bias=False, **kw)
         self.lora_B = nn.Linear(rank, base.out_features, bias=False, **kw)
         _init_down(self.lora_A.weight, init, rank)
@@ -316,7 +329,7 @@ class MoELoRALinear(_AdapterBase):
         _check_top_k(top_k, num_experts)
         _check_choice(gate, GATES, "gate")
         _check_choice(dispatch, DISPATCHES, "dispatch")
-        kw = {"device": base.weight.device, "dtype": dtype or base.weight.dtype}
+        kw = {"device": base.weight.device, "dtype": dtype or compute_dtype(base)}
         self.num_experts = num_experts
         self.top_k = top_k
         self.gate = gate
@@ -534,8 +547,8 @@ def _inject_paths(
     bases: dict[str, nn.Linear] = {}
     for path in [*moe_paths, *lora_paths]:
         module = transformer.get_submodule(path)
-        if type(module) is not nn.Linear:
-            raise TypeError(f"adapter target {path!r} is a {type(module).__name__}, not a plain nn.Linear")
+        if not is_base_linear(module):
+            raise TypeError(f"adapter target {path!r} is a {type(module).__name__}, not an nn.Linear")
         bases[path] = module
     if freeze_base:
         transformer.requires_grad_(False)

@@ -39,6 +39,7 @@ from .moe import (
     MoELoRALinear,
     _inject_paths,
     adapter_layers,
+    is_base_linear,
     resolve_targets,
     routing_stats,
 )
@@ -271,7 +272,7 @@ def _check_against(
         if module is None:
             problems.append(f"{first}: this transformer has no module {path!r}")
             continue
-        if type(module) is not nn.Linear:
+        if not is_base_linear(module):
             problems.append(f"{first}: module {path!r} is a {type(module).__name__}, not an nn.Linear")
             continue
         r = rank if group.is_moe else plain_rank

@@ -147,6 +147,7 @@ def config_from_args(args: argparse.Namespace):
         cache=args.cache,
         quantize=args.quantize,
         compile=args.compile,
+        gguf=args.gguf,
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,

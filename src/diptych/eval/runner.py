@@ -106,6 +106,7 @@ class EvalConfig:
     cache: str | None = None  # speed modes (diptych.speed): they change results, so they are run settings
     quantize: str | None = None
     compile: bool = False
+    gguf: str | None = None
     device: str | None = None
     dtype: str | None = None
     offload: str = "none"
@@ -266,7 +267,7 @@ def _settings(config: EvalConfig, bench: Benchmark, metrics: Sequence[str], mode
         names = ("base", "lora", "lora_scale", "moe_dispatch", "steps", "guidance", "seed", "width", "template")
         for name in names:
             settings[name] = getattr(config, name)
-        for name in ("cache", "quantize"):  # recorded when used, so runs from before these options still resume
+        for name in ("cache", "quantize", "gguf"):  # recorded when used, so older runs still resume
             if getattr(config, name):
                 settings[name] = getattr(config, name)
     if mode == "predictions":
@@ -478,6 +479,7 @@ class _Producer:
                 cache=cfg.cache,
                 quantize=cfg.quantize,
                 compile=cfg.compile,
+                gguf=cfg.gguf,
             )
         return self._editor
 

@@ -79,8 +79,14 @@ def assemble_pipeline(vae: AutoencoderKL, transformer: FluxTransformer2DModel) -
     )
 
 
-def load_pipeline(folder: str | Path = WEIGHTS, *, dtype: torch.dtype = torch.float32) -> FluxFillPipeline:
-    """The shipped (or any saved) ShapesEdit VAE + transformer as a pipeline."""
+def load_pipeline(
+    folder: str | Path = WEIGHTS,
+    *,
+    dtype: torch.dtype = torch.float32,
+    transformer: FluxTransformer2DModel | None = None,
+) -> FluxFillPipeline:
+    """The shipped (or any saved) ShapesEdit VAE + transformer as a pipeline (`transformer`: one loaded otherwise,
+    e.g. from a GGUF file)."""
     folder = Path(folder)
     missing = [p for p in ("vae", "transformer") if not (folder / p / "config.json").is_file()]
     if missing:
@@ -89,7 +95,8 @@ def load_pipeline(folder: str | Path = WEIGHTS, *, dtype: torch.dtype = torch.fl
             "package once trained: see docs/shapes.md for the training recipe"
         )
     vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
-    transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=dtype)
+    if transformer is None:
+        transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=dtype)
     return assemble_pipeline(vae, transformer)
 
 
