@@ -86,10 +86,7 @@ def shapes_part(args) -> None:
         ms = 1000 * statistics.median(seconds[name])
         mb = weight_bytes(editor.pipe.transformer) / 2**20
         shown = "identical" if np.isinf(quality) else f"{quality:.1f}"
-        print(
-            f"| {name} | {100 * np.mean(wins):.1f}% | {shown} | {ms:.1f} | "
-            f"{base_time * 1000 / ms:.2f}x | {mb:.2f} |"
-        )
+        print(f"| {name} | {100 * np.mean(wins):.1f}% | {shown} | {ms:.1f} | {base_time * 1000 / ms:.2f}x | {mb:.2f} |")
 
 
 def flux_width_pipeline(double: int, single: int):
