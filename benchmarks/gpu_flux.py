@@ -38,6 +38,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPi
 
 from diptych.editor import Editor, EditRequest
 from diptych.errors import DiptychError
+from diptych.metrics import psnr
 from diptych.speed import quantize_transformer, weight_bytes
 from diptych.testing import random_image, random_lora_state_dict
 
@@ -165,10 +166,7 @@ def measure(name: str, run, args, reference=None) -> dict:
         sync(args.device)
         times.append(time.perf_counter() - began)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
-    quality = float("nan")
-    if reference is not None:
-        diff = np.asarray(image, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
-        quality = 10 * np.log10(255**2 / max(float(np.mean(diff**2)), 1e-12))
+    quality = psnr(image, reference) if reference is not None else float("nan")
     return {"name": name, "s": statistics.median(times), "peak_gb": peak, "psnr": quality, "image": image}
 
 

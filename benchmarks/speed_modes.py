@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from diptych.editor import Editor, EditRequest
+from diptych.metrics import psnr
 from diptych.shapes.bench import val_cases
 from diptych.shapes_core.edits import judge_edit
 from diptych.speed import weight_bytes
@@ -54,11 +55,6 @@ FLUX_MODES: dict[str, dict] = {
     "fastercache": {"cache": "fastercache"},
     "int8": {"quantize": "int8"},
 }
-
-
-def psnr(a, b) -> float:
-    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def shapes_part(args) -> None:

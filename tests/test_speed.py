@@ -9,14 +9,10 @@ import torch
 from diptych.editor import Editor, EditRequest
 from diptych.errors import InputError
 from diptych.loading import load_fill_pipeline
+from diptych.metrics import psnr
 from diptych.sampler import FillState
 from diptych.speed import CACHE_MODES, QUANTIZE_MODES, CacheMode, weight_bytes
 from diptych.testing import random_image
-
-
-def psnr(a, b) -> float:
-    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
-    return 10 * np.log10(255**2 / max(mse, 1e-12))
 
 
 class BlockCalls:

@@ -53,6 +53,7 @@ __all__ = [
     "dino_preprocess",
     "l1_distance",
     "l2_distance",
+    "psnr",
     "to_unit_tensor",
 ]
 
@@ -115,6 +116,17 @@ def l1_distance(output: Image.Image, reference: Image.Image) -> float:
     to ``reference``'s size with bicubic filtering. Black against white is 1.0."""
     out, ref = _aligned_pair(output, reference)
     return float((out - ref).abs().mean())
+
+
+def psnr(output: Image.Image, reference: Image.Image) -> float:
+    """Peak signal-to-noise ratio in dB of two same-sized 8-bit RGB images (inf when identical): how close a
+    speed mode's output stays to the default's at the same seed."""
+    a = np.asarray(_as_rgb(output, "output"), dtype=np.float64)
+    b = np.asarray(_as_rgb(reference, "reference"), dtype=np.float64)
+    if a.shape != b.shape:
+        raise InputError(f"psnr needs images of one size, got {output.size} and {reference.size}")
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(255**2 / mse))
 
 
 def l2_distance(output: Image.Image, reference: Image.Image) -> float:

@@ -118,3 +118,14 @@ def test_bad_inputs() -> None:
         l2_distance(solid((0, 0, 0)), "ref.png")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="empty"):
         l1_distance(Image.new("RGB", (0, 0)), solid((0, 0, 0)))
+
+
+def test_psnr():
+    from diptych.metrics import psnr
+
+    black = Image.new("RGB", (4, 4))
+    grey = Image.new("RGB", (4, 4), (1, 1, 1))
+    assert psnr(black, black) == float("inf")
+    assert psnr(black, grey) == pytest.approx(20 * np.log10(255))  # MSE 1
+    with pytest.raises(InputError, match="one size"):
+        psnr(black, Image.new("RGB", (2, 2)))
