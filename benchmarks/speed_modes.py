@@ -126,7 +126,8 @@ def flux_part(args) -> None:
     print("| mode | s / run | speed vs default | transformer MB |")
     print("| --- | ---: | ---: | ---: |")
     base = None
-    for name, opts in FLUX_MODES.items():
+    for name in args.flux_modes:
+        opts = FLUX_MODES[name]
         pipe = flux_width_pipeline(args.double, args.single)
         if opts.get("quantize"):
             quantize_transformer(pipe.transformer, opts["quantize"])
@@ -152,6 +153,9 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=2, help="FLUX-width single blocks (default 2)")
     parser.add_argument("--flux-steps", type=int, default=8, help="FLUX-width sampling steps (default 8)")
     parser.add_argument("--flux-rounds", type=int, default=1, help="timed FLUX-width runs per mode (median)")
+    parser.add_argument(
+        "--flux-modes", nargs="+", default=list(FLUX_MODES), choices=list(FLUX_MODES), help="FLUX-width modes to time"
+    )
     parser.add_argument("--skip-flux", action="store_true", help="only the ShapesEdit part")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
