@@ -126,7 +126,7 @@ def flux_part(args) -> None:
     print("| mode | s / run | speed vs default | transformer MB |")
     print("| --- | ---: | ---: | ---: |")
     base = None
-    for name in args.flux_modes:
+    for name in ["default", *(m for m in args.flux_modes if m != "default")]:  # ratios are against the first
         opts = FLUX_MODES[name]
         pipe = flux_width_pipeline(args.double, args.single)
         if opts.get("quantize"):
