@@ -162,3 +162,17 @@ def test_a_gguf_transformer_loads_quantized_and_edits_like_its_source(tiny_base,
         load_fill_pipeline(tiny_base, device="cpu", gguf=tmp_path / "missing.gguf")
     with pytest.raises(InputError, match="leave out --quantize"):
         load_fill_pipeline(tiny_base, device="cpu", gguf=file, quantize="int8")
+
+
+def test_a_plain_lora_on_an_int8_base(tiny_base, tmp_path):
+    from diptych.testing import save_random_lora
+
+    plain = Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32")
+    lora = save_random_lora(tmp_path / "lora.safetensors", plain.pipe.transformer)
+    with_lora = Editor.from_pretrained(tiny_base, lora, device="cpu", dtype="fp32")
+    quantized = Editor.from_pretrained(tiny_base, lora, device="cpu", dtype="fp32", quantize="int8")
+    lora_params = [p for n, p in quantized.pipe.transformer.named_parameters() if "lora_" in n]
+    assert lora_params and all(type(p) is torch.nn.Parameter for p in lora_params)  # the adapter stays float
+    request = [EditRequest(random_image(32, 32, seed=2), "make it red", 5)]
+    a, b, c = (e.edit_many(request, steps=4, width=32)[0] for e in (plain, with_lora, quantized))
+    assert psnr(b, c) > psnr(a, c) and psnr(b, c) > 30  # int8 keeps the LoRA's edit, not the bare base's
