@@ -78,10 +78,13 @@ def test_model_options_mean_the_same_on_every_command(capsys):
         "local_files_only": True,
         "moe_dispatch": "sparse",
     }
+    speed = {"cache": "fbcache:0.1", "quantize": "int8", "compile": True, "gguf": "t.gguf"}
+    speed_line = ["--cache", "fbcache:0.1", "--quantize", "int8", "--compile", "--gguf", "t.gguf"]
     for name, head in commands.items():
-        args = parser.parse_args([*head, *line])
+        sampling = name != "invert-task"  # the speed modes are for commands that sample, not for training
+        args = parser.parse_args([*head, *line, *(speed_line if sampling else [])])
         assert (args.base, args.lora, args.threads) == ("shapes", "a.safetensors", 1), name
-        assert model_options(args) == expected, name
+        assert model_options(args) == {**expected, **(speed if sampling else {})}, name
     args = parser.parse_args(["datagen", "--source", "shapes", "--out", "o", "--base", "shapes", "--adapter", "x"])
     assert args.lora == "x" and "--adapter is deprecated, use --lora" in capsys.readouterr().err
     assert parser.parse_args(["serve", "-q"]).quiet  # every model command has -q

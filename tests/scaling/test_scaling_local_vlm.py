@@ -196,7 +196,7 @@ def test_answer_is_parsed_and_unclear_answers_get_a_follow_up(qwen_dir: Path, pr
 
 
 def test_bad_options(qwen_dir: Path, processor: Any) -> None:
-    with pytest.raises(InputError, match="unknown dtype"):
+    with pytest.raises(InputError, match="dtype must be one of"):
         LocalVLMJudge.from_pretrained(str(qwen_dir), "cpu", "float77", processor=processor)
     with pytest.raises(InputError, match="max_new_tokens"):
         LocalVLMJudge(object(), processor, max_new_tokens=0)
