@@ -330,8 +330,10 @@ class FillSampler:
             level = sigma_next.to(new_latents.device, new_latents.dtype)
             kept = (1 - level) * state.keep_latents + level * state.noise
             new_latents = state.keep_mask * kept + (1 - state.keep_mask) * new_latents
-        self._last_state = replace(state, latents=new_latents, step=i + 1, x0=x0)
-        return self._last_state
+        new_state = replace(state, latents=new_latents, step=i + 1, x0=x0)
+        if self._cache is not None:  # only a cache needs to know which state comes next (no reference kept otherwise)
+            self._last_state = new_state
+        return new_state
 
     def run(self, state: FillState, *, until: int | None = None, callback: StepCallback | None = None) -> FillState:
         """Run steps until step index `until` (default: the end). `callback(step, total)` after each."""
