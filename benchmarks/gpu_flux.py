@@ -3,13 +3,13 @@ speed / memory mode, for the day a GPU is lent (no model hub needed: everything 
 
 What is built: the FLUX.1 Fill transformer (19 double + 38 single blocks, hidden 3072, 384 input channels) and
 the FLUX VAE with random weights, created on the meta device and materialised in bf16 on the GPU; prompt
-embeddings of the real shapes (T5 512 x 4096, pooled CLIP 768) instead of text encoders; a LoRA of the
-official ICEdit shapes (rank 32 on the official targets) and the official LoRA-MoE (4 experts x rank 32).
+embeddings of the real shapes (T5 512 x 4096, pooled CLIP 768) instead of text encoders; a rank-32 LoRA on
+the official ICEdit adapter's layers. (The LoRA-MoE variant is not in this script yet.)
 
 What is measured, at 512 x 512 panels (a 1024 x 512 canvas: 2048 image + 512 text tokens), 28 steps:
 - the official procedure: `FluxFillPipeline.__call__` with the LoRA loaded by peft, unfused, bf16;
-- diptych: `Editor` on the same pipeline (LoRA unfused, then fused), and each mode of `diptych.speed`
-  (caches, fp8, nf4 when bitsandbytes is installed, regional compile, group offload), the LoRA-MoE;
+- diptych: `Editor` on the same pipeline (LoRA unfused, then fused), each cache mode of `diptych.speed`,
+  regional compile and, last (it changes the weights for good), fp8;
 - seconds per edit (median), peak GPU memory, achieved TFLOP/s of the transformer's matmuls against the GPU's
   bf16 peak (`--peak-tflops`, default an H100/H200's 989), PSNR against diptych's default;
 - the early filter, 6 candidates x 10 early steps, against one edit: diptych resumes the winner (6 x 10 + 18
@@ -36,25 +36,13 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
 
+from diptych.adapters.moe import DEFAULT_LORA_TARGETS, DEFAULT_MOE_TARGETS
 from diptych.editor import Editor, EditRequest
 from diptych.errors import DiptychError
 from diptych.metrics import psnr
 from diptych.speed import quantize_transformer, weight_bytes
-from diptych.testing import random_image, random_lora_state_dict
+from diptych.testing import FLUX_FILL_TRANSFORMER_CONFIG, random_image, random_lora_state_dict
 
-FLUX_FILL = {
-    "patch_size": 1,
-    "in_channels": 384,
-    "out_channels": 64,
-    "num_layers": 19,
-    "num_single_layers": 38,
-    "attention_head_dim": 128,
-    "num_attention_heads": 24,
-    "joint_attention_dim": 4096,
-    "pooled_projection_dim": 768,
-    "guidance_embeds": True,
-    "axes_dims_rope": (16, 56, 56),
-}
 FLUX_VAE = {
     "in_channels": 3,
     "out_channels": 3,
@@ -76,7 +64,7 @@ TINY = {
     "axes_dims_rope": (4, 6, 6),
 }
 TINY_VAE = {"block_out_channels": [16, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8}
-OFFICIAL_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2", "proj_mlp", "proj_out")
+OFFICIAL_TARGETS = DEFAULT_LORA_TARGETS + DEFAULT_MOE_TARGETS  # the official adapter's layers, as one LoRA
 
 
 def materialise(model: torch.nn.Module, device: str, dtype: torch.dtype, seed: int) -> torch.nn.Module:
@@ -97,7 +85,7 @@ def materialise(model: torch.nn.Module, device: str, dtype: torch.dtype, seed: i
 
 
 def build_pipeline(args) -> FluxFillPipeline:
-    config = {**FLUX_FILL, **(TINY if args.tiny else {})}
+    config = {**FLUX_FILL_TRANSFORMER_CONFIG, **(TINY if args.tiny else {})}
     vae_config = {**FLUX_VAE, **(TINY_VAE if args.tiny else {})}
     with torch.device("meta"):
         transformer = FluxTransformer2DModel(**config)

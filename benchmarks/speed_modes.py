@@ -89,23 +89,19 @@ def flux_width_pipeline(double: int, single: int):
     """A tiny pipeline (VAE, text encoders) carrying a FLUX-width transformer with random weights."""
     from diffusers import FluxTransformer2DModel
 
-    from diptych.testing import build_tiny_fill_pipeline
+    from diptych.testing import FLUX_FILL_TRANSFORMER_CONFIG, build_tiny_fill_pipeline
 
     pipe = build_tiny_fill_pipeline(latent_channels=16)
-    inner = pipe.transformer.config.in_channels
     torch.manual_seed(0)
     pipe.transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=inner,
-        out_channels=pipe.transformer.config.out_channels,
-        num_layers=double,
-        num_single_layers=single,
-        attention_head_dim=128,
-        num_attention_heads=24,
-        joint_attention_dim=4096,
-        pooled_projection_dim=768,
-        guidance_embeds=True,
-        axes_dims_rope=(16, 56, 56),
+        **{
+            **FLUX_FILL_TRANSFORMER_CONFIG,
+            # the tiny VAE's channels in and out; FLUX's widths inside
+            "in_channels": pipe.transformer.config.in_channels,
+            "out_channels": pipe.transformer.config.out_channels,
+            "num_layers": double,
+            "num_single_layers": single,
+        }
     ).eval()
     return pipe
 

@@ -87,6 +87,7 @@ def load_fill_pipeline(
     check_quantize(quantize, device.type)
     if gguf is not None and quantize is not None:
         raise InputError("--gguf loads an already quantized transformer; leave out --quantize")
+    quantized = "gguf" if gguf is not None else quantize
     if is_builtin_base(str(base)):
         if quantize == "nf4":
             raise InputError("--quantize nf4 quantizes at load from a diffusers folder; the built-in model takes int8")
@@ -105,8 +106,10 @@ def load_fill_pipeline(
             # `Editor.unfuse_adapter()` before changing the adapter's scale.
             fuse_adapter(model.pipe, model.adapter_kind)
             model.adapter_fused = True
-        model.quantized = "gguf" if gguf is not None else None
-        _speed_up(model, quantize=quantize, compile=compile)
+        model.quantized = quantized
+        _quantize(model.pipe, quantize)
+        if compile:
+            model.pipe.transformer.compile_repeated_blocks()
         return model
 
     base = str(base)
@@ -154,10 +157,7 @@ def load_fill_pipeline(
         adapter_kind = load_adapter(
             pipe, adapter, scale=adapter_scale, local_files_only=local_files_only, moe_dispatch=moe_dispatch
         )
-    model = FillModel(pipe, FluxPromptEncoder(pipe, max_sequence_length=max_sequence_length), adapter_kind=adapter_kind)
-    model.quantized = "gguf" if gguf is not None else quantize
-    if quantize != "nf4":
-        _speed_up(model, quantize=quantize, compile=False)  # quantize on the CPU, before the move
+    _quantize(pipe, quantize)  # on the CPU, before the move
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
@@ -166,8 +166,10 @@ def load_fill_pipeline(
         pipe.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1)
     else:
         pipe.to(device)
-    _speed_up(model, quantize=None, compile=compile)
-    return model
+    if compile:
+        pipe.transformer.compile_repeated_blocks()
+    encoder = FluxPromptEncoder(pipe, max_sequence_length=max_sequence_length)
+    return FillModel(pipe, encoder, adapter_kind=adapter_kind, quantized=quantized)
 
 
 def fuse_adapter(pipe: FluxFillPipeline, kind: str) -> None:
@@ -190,16 +192,15 @@ def unfuse_adapter(pipe: FluxFillPipeline, kind: str) -> None:
         unfuse_lora(pipe.transformer)
 
 
-def _speed_up(model: FillModel, *, quantize: str | None, compile: bool) -> None:
-    """torchao weight-only quantization of the transformer (and T5) and regional compilation."""
-    model.quantized = quantize or model.quantized
-    if quantize in ("int8", "fp8"):
-        quantize_transformer(model.pipe.transformer, quantize)
-        text_encoder = getattr(model.pipe, "text_encoder_2", None)
-        if text_encoder is not None:
-            quantize_transformer(text_encoder, quantize)
-    if compile:
-        model.pipe.transformer.compile_repeated_blocks()
+def _quantize(pipe: FluxFillPipeline, mode: str | None) -> None:
+    """torchao weight-only quantization (int8 / fp8) of the transformer and, where there is one, T5; nf4 is
+    done by bitsandbytes while loading, so nothing is left to do for it here."""
+    if mode not in ("int8", "fp8"):
+        return
+    quantize_transformer(pipe.transformer, mode)
+    text_encoder = getattr(pipe, "text_encoder_2", None)
+    if text_encoder is not None:
+        quantize_transformer(text_encoder, mode)
 
 
 def _load_shapes(

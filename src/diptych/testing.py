@@ -57,6 +57,23 @@ def tiny_t5_tokenizer() -> T5TokenizerFast:
     return T5TokenizerFast(tokenizer_object=tok, extra_ids=0, model_max_length=512)
 
 
+#: FLUX.1 Fill dev's transformer config (its `transformer/config.json`): the widths the benchmarks build with random
+#: weights when no weights can be downloaded.
+FLUX_FILL_TRANSFORMER_CONFIG: dict = {
+    "patch_size": 1,
+    "in_channels": 384,
+    "out_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "guidance_embeds": True,
+    "axes_dims_rope": (16, 56, 56),
+}
+
+
 def build_tiny_transformer(
     seed: int | None = 0,
     *,
