@@ -99,3 +99,18 @@ def test_renamed_option_and_offload_choices():
     parser.add_argument("--old", dest="lora", action=RenamedOption, new="--lora")
     assert parser.parse_args([]).base == "shapes" and parser.parse_args(["--old", "z"]).lora == "z"
     assert parser._option_string_actions["--offload"].choices == OFFLOAD_MODES
+
+
+def test_importing_diptych_quiets_only_the_known_import_time_warnings():
+    import logging
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; logging.getLogger('torchao').setLevel(logging.DEBUG); import diptych; "
+        "print(logging.getLogger('torchao').level, logging.getLogger('torch.utils._pytree').level, "
+        "logging.getLogger('diffusers').level)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    # a level the user set is kept; the others are raised to errors only; unrelated loggers are left alone
+    assert out == [str(logging.DEBUG), str(logging.ERROR), str(logging.NOTSET)]
