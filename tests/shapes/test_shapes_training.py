@@ -48,15 +48,24 @@ def test_random_fill_masks_cover_every_kind():
             return "both panels"  # the same region hidden in both copies: the caption must fill it
         return "boxes"
 
-    rng = np.random.default_rng(0)
-    kinds = []
-    for _ in range(400):
-        m = np.asarray(random_fill_mask(rng)) > 0
-        assert m.shape == (64, 128) and m.any()
-        kinds.append(kind(m))
-    shares = {k: kinds.count(k) / len(kinds) for k in set(kinds)}
-    assert set(shares) == {"canvas", "right", "left", "both panels", "boxes"}
-    assert shares["canvas"] + shares["both panels"] > 0.2  # a good share of masks needs the caption
+    def shares(caption_share: float) -> dict[str, float]:
+        rng = np.random.default_rng(0)
+        kinds = []
+        for _ in range(1000):
+            m = np.asarray(random_fill_mask(rng, caption_share=caption_share)) > 0
+            assert m.shape == (64, 128) and m.any()
+            kinds.append(kind(m))
+        return {k: kinds.count(k) / len(kinds) for k in set(kinds)}
+
+    default = shares(0.3)
+    assert set(default) == {"canvas", "right", "left", "both panels", "boxes"}
+    assert default["canvas"] + default["both panels"] == pytest.approx(0.3, abs=0.04)
+    assert default["right"] == pytest.approx(0.4, abs=0.04)  # the in-context task stays the largest share
+    grounded = shares(0.6)  # more caption-only fills, the rest in the same proportions
+    assert grounded["canvas"] + grounded["both panels"] == pytest.approx(0.6, abs=0.04)
+    assert grounded["right"] / grounded["boxes"] == pytest.approx(default["right"] / default["boxes"], rel=0.3)
+    with pytest.raises(ValueError, match="caption_share"):
+        random_fill_mask(np.random.default_rng(0), caption_share=1.5)
 
 
 def test_the_shipped_adapter_recipes_are_valid_configs():

@@ -35,21 +35,28 @@ from ..train.objective import FlowMatchingObjective
 PRETRAIN_TEMPLATE = "A diptych with two side-by-side images of the same scene. {caption}"
 
 
-def random_fill_mask(rng: np.random.Generator, size: int = PANEL) -> Image.Image:
-    """White = to generate. 40%: the right panel (the in-context task); 10%: the left panel; 15%: the whole
-    canvas and 15%: the same 1-2 rectangles in both panels — what is hidden in both copies can only come
-    from the caption, so the model must ground it (adapters then build instruction following on that);
-    20%: 1-3 rectangles anywhere (general inpainting that must agree with the other panel)."""
+def random_fill_mask(rng: np.random.Generator, size: int = PANEL, caption_share: float = 0.3) -> Image.Image:
+    """White = to generate. `caption_share` of the masks need the caption: half of them hide the whole
+    canvas, half the same 1-2 rectangles in both panels (what both copies hide can only come from the
+    caption, so the model must ground it: match the visible objects to the caption's phrases and draw the
+    rest; adapters then build instruction following on that). The rest, in proportions 4 : 1 : 2, hide the
+    right panel (the in-context task), the left panel, or 1-3 rectangles anywhere (general inpainting that
+    must agree with the other panel). The default 0.3 gives 40% / 10% / 15% / 15% / 20%."""
+    if not 0.0 <= caption_share <= 1.0:
+        raise ValueError(f"caption_share must be in [0, 1], got {caption_share}")
     mask = Image.new("L", (2 * size, size), 0)
     draw = ImageDraw.Draw(mask)
+    other = 1.0 - caption_share
+    # cumulative shares of: right panel, left panel, whole canvas, the same boxes in both panels (else boxes)
+    right, left, canvas, both = np.cumsum([other * 4 / 7, other / 7, caption_share / 2, caption_share / 2])
     choice = rng.random()
-    if choice < 0.4:
+    if choice < right:
         draw.rectangle((size, 0, 2 * size - 1, size - 1), fill=255)
-    elif choice < 0.5:
+    elif choice < left:
         draw.rectangle((0, 0, size - 1, size - 1), fill=255)
-    elif choice < 0.65:
+    elif choice < canvas:
         draw.rectangle((0, 0, 2 * size - 1, size - 1), fill=255)
-    elif choice < 0.8:
+    elif choice < both:
         for _ in range(rng.integers(1, 3)):
             w, h = rng.integers(size // 4, size // 2 + 1, size=2)
             x, y = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
@@ -63,7 +70,7 @@ def random_fill_mask(rng: np.random.Generator, size: int = PANEL) -> Image.Image
     return mask
 
 
-def pretrain_batch(rng: np.random.Generator, batch: int, dropout: float = 0.1):
+def pretrain_batch(rng: np.random.Generator, batch: int, dropout: float = 0.1, caption_share: float = 0.3):
     """Canvases (the same training-split scene twice), random Fill masks and caption prompts."""
     canvases, masks, prompts = [], [], []
     while len(canvases) < batch:
@@ -72,7 +79,7 @@ def pretrain_batch(rng: np.random.Generator, batch: int, dropout: float = 0.1):
             continue
         canvas, _ = compose_diptych(render(scene, PANEL))
         canvases.append(canvas)
-        masks.append(random_fill_mask(rng))
+        masks.append(random_fill_mask(rng, caption_share=caption_share))
         prompts.append(" " if rng.random() < dropout else PRETRAIN_TEMPLATE.format(caption=caption(scene)))
     return canvases, masks, prompts
 
@@ -90,10 +97,12 @@ def train_base(
     log_every: int = 25,
     device: str = "cpu",
     init: Path | None = None,
+    caption_share: float = 0.3,
 ) -> Path:
     """Train (or resume) the base transformer; writes `out / "transformer"` at the end and returns it.
 
-    `init` starts a new run from saved transformer weights (e.g. the shipped base) instead of random ones.
+    `init` starts a new run from saved transformer weights (e.g. the shipped base) instead of random ones;
+    `caption_share` is the share of masks only the caption can fill (`random_fill_mask`).
     """
     torch.manual_seed(seed)
     device_t = torch.device(device)
@@ -116,7 +125,7 @@ def train_base(
         warm = min(1.0, (step + 1) / 200)
         for group in optimizer.param_groups:
             group["lr"] = lr * warm * max(0.05, 0.5 * (1 + math.cos(math.pi * step / steps)))
-        canvases, masks, prompts = pretrain_batch(rng, batch)
+        canvases, masks, prompts = pretrain_batch(rng, batch, caption_share=caption_share)
         gens = [torch.Generator().manual_seed(int(s)) for s in rng.integers(0, 2**62, size=batch)]
         encoded = objective.encode(canvases, masks, gens, device=device_t, dtype=torch.float32)
         embeds, pooled = encoder.embed(prompts)
@@ -156,6 +165,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--init", type=Path, default=None, help="start from these transformer weights")
+    parser.add_argument(
+        "--caption-share",
+        type=float,
+        default=0.3,
+        help="share of masks that only the caption can fill (whole canvas, or the same boxes in both panels)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,6 +183,7 @@ def main() -> None:
         seed=args.seed,
         device=args.device,
         init=args.init,
+        caption_share=args.caption_share,
     )
     print(f"wrote {folder}")
 
