@@ -68,6 +68,16 @@ def test_random_fill_masks_cover_every_kind():
         random_fill_mask(np.random.default_rng(0), caption_share=1.5)
 
 
+def test_train_base_cli_rejects_a_caption_share_outside_0_1(monkeypatch, capsys, tmp_path):
+    from diptych.shapes import train_base as module
+
+    monkeypatch.setattr("sys.argv", ["train_base", "--vae", "v", "--out", str(tmp_path), "--caption-share", "1.5"])
+    with pytest.raises(SystemExit):
+        module.main()
+    assert "--caption-share must be between 0 and 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any training
+
+
 def test_the_shipped_adapter_recipes_are_valid_configs():
     """examples/shapes/*.yaml: the configs the shipped adapters were trained with, and the best probe recipe
     (docs/shapes.md)."""

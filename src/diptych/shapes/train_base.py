@@ -1,14 +1,17 @@
 """Pre-train the ShapesEdit base Fill transformer: the miniature of FLUX.1 Fill.
 
 It learns to complete masked diptychs of the *same scene twice* from a caption, with random masks (the
-right panel, the left panel, or rectangles anywhere). It never sees an edit instruction: following
-instructions is what the adapters are then trained for, as ICEdit does on FLUX.1 Fill.
+right panel, the left panel, rectangles anywhere, or what only the caption can fill). It never sees an edit
+instruction: following instructions is what the adapters are then trained for, as ICEdit does on FLUX.1 Fill.
 
 The loss is the project's flow-matching objective (`diptych.train.objective`), the checkpoints are the
 trainer's (`diptych.checkpoints`: safetensors + JSON, atomic, resumable).
 
 Example:
     python -m diptych.shapes.train_base --vae runs/shapes-vae/vae --out runs/shapes-base --steps 6000
+    # toward text grounding, from the shipped base, with more caption-only masks:
+    python -m diptych.shapes.train_base --vae src/diptych/shapes/weights/vae --out runs/base-grounded \
+        --init src/diptych/shapes/weights/transformer --caption-share 0.6 --steps 1200
 """
 
 from __future__ import annotations
@@ -33,15 +36,17 @@ from ..shapes_core.world import caption, random_scene, render
 from ..train.objective import FlowMatchingObjective
 
 PRETRAIN_TEMPLATE = "A diptych with two side-by-side images of the same scene. {caption}"
+#: Default share of Fill masks that only the caption can fill (`random_fill_mask`).
+CAPTION_SHARE = 0.3
 
 
-def random_fill_mask(rng: np.random.Generator, size: int = PANEL, caption_share: float = 0.3) -> Image.Image:
+def random_fill_mask(rng: np.random.Generator, size: int = PANEL, caption_share: float = CAPTION_SHARE) -> Image.Image:
     """White = to generate. `caption_share` of the masks need the caption: half of them hide the whole
     canvas, half the same 1-2 rectangles in both panels (what both copies hide can only come from the
     caption, so the model must ground it: match the visible objects to the caption's phrases and draw the
     rest; adapters then build instruction following on that). The rest, in proportions 4 : 1 : 2, hide the
     right panel (the in-context task), the left panel, or 1-3 rectangles anywhere (general inpainting that
-    must agree with the other panel). The default 0.3 gives 40% / 10% / 15% / 15% / 20%."""
+    must agree with the other panel). The default (0.3) gives 40% / 10% / 15% / 15% / 20%."""
     if not 0.0 <= caption_share <= 1.0:
         raise ValueError(f"caption_share must be in [0, 1], got {caption_share}")
     mask = Image.new("L", (2 * size, size), 0)
@@ -70,7 +75,7 @@ def random_fill_mask(rng: np.random.Generator, size: int = PANEL, caption_share:
     return mask
 
 
-def pretrain_batch(rng: np.random.Generator, batch: int, dropout: float = 0.1, caption_share: float = 0.3):
+def pretrain_batch(rng: np.random.Generator, batch: int, dropout: float = 0.1, caption_share: float = CAPTION_SHARE):
     """Canvases (the same training-split scene twice), random Fill masks and caption prompts."""
     canvases, masks, prompts = [], [], []
     while len(canvases) < batch:
@@ -97,7 +102,7 @@ def train_base(
     log_every: int = 25,
     device: str = "cpu",
     init: Path | None = None,
-    caption_share: float = 0.3,
+    caption_share: float = CAPTION_SHARE,
 ) -> Path:
     """Train (or resume) the base transformer; writes `out / "transformer"` at the end and returns it.
 
@@ -168,10 +173,12 @@ def main() -> None:
     parser.add_argument(
         "--caption-share",
         type=float,
-        default=0.3,
+        default=CAPTION_SHARE,
         help="share of masks that only the caption can fill (whole canvas, or the same boxes in both panels)",
     )
     args = parser.parse_args()
+    if not 0.0 <= args.caption_share <= 1.0:
+        parser.error(f"--caption-share must be between 0 and 1, got {args.caption_share}")
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = train_base(
