@@ -84,7 +84,7 @@ class Scorers:
 
     def prepare(self, scoring: Scoring, metrics: Sequence[str]) -> None:
         """Load the models `metrics` need under `scoring` (a bad model name or judge spec fails at once)."""
-        for model in scoring.models(metrics):
+        for model in sorted(scoring.models(metrics)):  # a fixed order, so the same bad input names the same model
             getattr(self, model)
 
     def l1(self, a: Image.Image, b: Image.Image) -> float:
