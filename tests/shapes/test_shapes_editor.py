@@ -298,7 +298,7 @@ def test_region_losses_compare_models_on_the_same_draws(shapes_folder, capsys):
     assert "noise levels must lie in [0, 1]" in capsys.readouterr().err
 
 
-def test_bench_scores_adapter_paths_on_the_fixed_val_set(shapes_folder, capsys):
+def test_bench_scores_adapter_paths_on_the_fixed_val_set(shapes_folder, tmp_path, capsys):
     from diptych.errors import DiptychError
     from diptych.shapes.bench import val_cases, variant_options
 
@@ -313,9 +313,45 @@ def test_bench_scores_adapter_paths_on_the_fixed_val_set(shapes_folder, capsys):
         variant_options("nope")
     base = f"shapes:{shapes_folder}"
     args = ["shapes", "bench", "--base", base, "--steps", "2", "--val-per-op", "1", "--ops", "recolor", "move"]
-    assert main([*args, "--variants", "lora", lora, "--json", "-q"]) == 0
+    assert main([*args, "--variants", "lora", lora, "--json", "-q", "--grids", str(tmp_path / "grids")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["cases"] == 2 and set(report["variants"][lora]["task"]) == {"recolor", "move"}
+    from diptych.shapes.bench import grid_name
+    from diptych.shapes_core.world import render
+
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == sorted(["lora.png", grid_name(lora) + ".png"])
+    sheet = np.asarray(Image.open(tmp_path / "grids" / "lora.png"))
+    assert sheet.shape == (2 * 64, 3 * 64, 3)  # a row per case: source | output | ground truth
+    scored = val_cases(1, ops=["recolor", "move"])  # what --val-per-op 1 --ops recolor move scored
+    assert np.array_equal(sheet[:64, :64], np.asarray(scored[0].source.convert("RGB")))
+    assert np.array_equal(sheet[64:, 128:], np.asarray(render(scored[1].edit.target, 64)))
     assert report["variants"][lora] == report["variants"]["lora"]  # the same file as the named variant
     assert main([*args, "--variants", "missing/adapter", "-q"]) == 2
     assert "unknown variant 'missing/adapter'" in capsys.readouterr().err
+
+
+def test_bench_summary_splits_success_by_criterion_and_object_count():
+    from diptych.shapes.bench import format_table, summarize
+
+    def row(task, objects, inside_ok, outside_ok):
+        return {
+            "task": task,
+            "phrasing": "seen",
+            "objects": objects,
+            "success": inside_ok and outside_ok,
+            "l1": 0.1,
+            "inside_ok": inside_ok,
+            "outside_ok": outside_ok,
+        }
+
+    rows = [row("recolor", 1, True, True), row("recolor", 3, True, False), row("remove", 3, False, False)]
+    summary = summarize(rows)
+    assert summary["overall"]["success"] == pytest.approx(1 / 3)
+    assert summary["overall"]["inside_ok"] == pytest.approx(2 / 3)
+    assert summary["overall"]["outside_ok"] == pytest.approx(1 / 3)
+    assert summary["objects"]["1"] == {"n": 1, "success": 1.0, "l1": 0.1, "inside_ok": 1.0, "outside_ok": 1.0}
+    assert summary["objects"]["3"]["success"] == 0.0 and summary["objects"]["3"]["inside_ok"] == 0.5
+    assert summary["task"]["recolor"]["outside_ok"] == 0.5
+    table = format_table({"cases": 3, "steps": 2, "seed": 0, "variants": {"probe": summary}})
+    assert "| 3 objects | 0.0% (0.100) |" in table and "| 1 object | 100.0% (0.100) |" in table
+    assert "| edited region right | 66.7% |" in table and "| rest of the image kept | 33.3% |" in table

@@ -28,6 +28,7 @@ from PIL import Image
 from ..errors import DiptychError
 from ..shapes_core.dataset import load_dataset, sample_edit
 from ..shapes_core.edits import Edit, judge_edit
+from ..shapes_core.world import render as render_image
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {"adapter": "none"},
@@ -106,8 +107,10 @@ def run_variant(
     seed: int,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
+    grid: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Edit every case with one variant and score it; one row per case."""
+    """Edit every case with one variant and score it; one row per case. With `grid`, also write a PNG there:
+    one row of source | output | ground truth per case (what the numbers do not show: which objects changed)."""
     from ..conditioning.tasks import SHAPES_TASKS
     from ..editor import EditRequest
 
@@ -146,30 +149,57 @@ def run_variant(
     rows = []
     for case, output in zip(cases, outputs, strict=True):
         score = judge_edit(output.resize(case.source.size), case.edit)
-        rows.append({"task": case.task, "phrasing": case.phrasing, "success": score.success, "l1": score.l1})
+        rows.append(
+            {
+                "task": case.task,
+                "phrasing": case.phrasing,
+                "objects": len(case.edit.source.objects),
+                "success": score.success,
+                "l1": score.l1,
+                # which half of the rule failed: the edited region, or the rest of the image
+                "inside_ok": score.inside_error <= score.t_inside,
+                "outside_ok": score.outside_error <= score.t_outside,
+            }
+        )
+    if grid is not None:
+        write_grid(
+            grid,
+            [(c.source, o, render_image(c.edit.target, c.source.size[0])) for c, o in zip(cases, outputs, strict=True)],
+        )
     return rows
 
 
+def write_grid(path: Path, triples: Sequence[tuple[Image.Image, Image.Image, Image.Image]]) -> None:
+    """Rows of images side by side (each row: source, output, target at the source's size), atomically."""
+    from ..images import save_image_atomic
+
+    size = triples[0][0].size
+    sheet = Image.new("RGB", (3 * size[0], len(triples) * size[1]), "grey")
+    for row, images in enumerate(triples):
+        for col, image in enumerate(images):
+            sheet.paste(image.convert("RGB").resize(size), (col * size[0], row * size[1]))
+    save_image_atomic(sheet, path)
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Success rate and mean L1 overall, per phrasing kind and per operation."""
+    """Success rate and mean L1 overall, per phrasing kind, per operation and per number of objects in the
+    source scene; with the share of edits whose edited region (`inside_ok`) and whose rest of the image
+    (`outside_ok`) pass their half of the rule, which tells a wrong edit from collateral damage."""
 
     def stats(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
         n = len(group)
-        return {
-            "n": n,
-            "success": sum(r["success"] for r in group) / n if n else None,
-            "l1": sum(r["l1"] for r in group) / n if n else None,
-        }
+        out: dict[str, Any] = {"n": n}
+        for key in ("success", "l1", "inside_ok", "outside_ok"):
+            out[key] = sum(r[key] for r in group) / n if n else None
+        return out
 
-    by_task: dict[str, list] = defaultdict(list)
-    by_phrasing: dict[str, list] = defaultdict(list)
+    groups: dict[str, dict[Any, list]] = {"phrasing": defaultdict(list), "task": defaultdict(list)}
+    groups["objects"] = defaultdict(list)
     for row in rows:
-        by_task[row["task"]].append(row)
-        by_phrasing[row["phrasing"]].append(row)
-    return {
-        "overall": stats(rows),
-        "phrasing": {k: stats(v) for k, v in sorted(by_phrasing.items())},
-        "task": {k: stats(v) for k, v in sorted(by_task.items())},
+        for key, group in groups.items():
+            group[row[key]].append(row)
+    return {"overall": stats(rows)} | {
+        key: {str(k): stats(v) for k, v in sorted(group.items())} for key, group in groups.items()
     }
 
 
@@ -183,8 +213,10 @@ def run_bench(
     batch_size: int = 16,
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
+    grids: Path | None = None,
 ) -> dict[str, Any]:
-    """Every variant on every case; a variant whose weights are missing is reported with the reason."""
+    """Every variant on every case; a variant whose weights are missing is reported with the reason. With
+    `grids` (a folder), each variant's source | output | target grid is written there as NAME.png."""
     from ..editor import Editor
 
     report: dict[str, Any] = {"cases": len(cases), "steps": steps, "seed": seed, "variants": {}}
@@ -197,7 +229,10 @@ def run_bench(
                 editor.use_task_embedding(None)
             elif options.get("task") == "true" and editor.task_embedding is None:
                 raise DiptychError(f"{name} needs a task embedding shipped with the {options['adapter']} adapter")
-            rows = run_variant(editor, cases, options, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
+            grid = Path(grids) / f"{grid_name(name)}.png" if grids is not None else None
+            rows = run_variant(
+                editor, cases, options, steps=steps, seed=seed, batch_size=batch_size, progress=progress, grid=grid
+            )
         except DiptychError as err:
             report["variants"][name] = {"unavailable": str(err)}
             continue
@@ -205,8 +240,14 @@ def run_bench(
     return report
 
 
+def grid_name(variant: str) -> str:
+    """A file name for a variant: named ones as they are, adapter paths with their separators replaced."""
+    return "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in variant).strip("._") or "variant"
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """The report as Markdown: success % (and L1) per variant, overall, seen/held-out, per operation."""
+    """The report as Markdown: success % (and L1) per variant, overall, seen/held-out, per operation, per
+    number of objects; then how often each half of the success rule passed."""
     variants = report["variants"]
     names = list(variants)
     tasks = sorted({t for v in variants.values() for t in v.get("task", {})})
@@ -226,8 +267,13 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [("overall", lambda v: v.get("overall"))]
     rows += [(f"{p} phrasings", lambda v, p=p: v.get("phrasing", {}).get(p)) for p in ("seen", "heldout")]
     rows += [(t, lambda v, t=t: v.get("task", {}).get(t)) for t in tasks]
+    objects = sorted({k for v in variants.values() for k in v.get("objects", {})}, key=int)
+    rows += [(f"{k} object{'s' * (k != '1')}", lambda v, k=k: v.get("objects", {}).get(k)) for k in objects]
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(cell(get(variants[n])) for n in names) + " |")
+    for key, label in (("inside_ok", "edited region right"), ("outside_ok", "rest of the image kept")):
+        shares = [variants[n].get("overall", {}).get(key) for n in names]
+        lines.append(f"| {label} | " + " | ".join("-" if x is None else f"{100 * x:.1f}%" for x in shares) + " |")
     for name in names:
         if "unavailable" in variants[name]:
             lines.append(f"\n{name}: unavailable: {variants[name]['unavailable']}")

@@ -58,7 +58,10 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="success rate and L1 per operation for base, LoRA, LoRA-MoE and LoRA-MoE + early filter",
-        epilog="examples:\n  diptych shapes bench --n 200\n  diptych shapes bench --data shapes-test/ --json",
+        epilog=(
+            "examples:\n  diptych shapes bench --n 200\n  diptych shapes bench --data shapes-test/ --json\n"
+            "  diptych shapes bench --val-per-op 30 --ops recolor --variants runs/probe --grids runs/grids"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--data", default=None, help="a `shapes make` folder (default: the held-out test split)")
@@ -80,6 +83,12 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         help="score K edits of each operation from the validation split instead (probes: --val-per-op 10)",
     )
     bench.add_argument("--ops", nargs="+", default=None, help="with --val-per-op: only these operations")
+    bench.add_argument(
+        "--grids",
+        default=None,
+        metavar="DIR",
+        help="also write DIR/VARIANT.png: source | output | ground truth, one row per edit",
+    )
     _add_run_options(bench, progress=True)
     bench.set_defaults(func=run_bench_command)
 
@@ -238,6 +247,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=bar.update,
+        grids=args.grids,
     )
     bar.close()
     print(json.dumps(report) if args.json else format_table(report))
