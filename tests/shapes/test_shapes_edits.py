@@ -189,6 +189,7 @@ def test_success_rule_over_sampled_edits() -> None:
         assert exact.success and exact.inside_error == 0 and exact.outside_error == 0 and exact.l1 == 0
         unedited = judge_edit(render(edit.source), edit)
         assert not unedited.success, f"unedited source passes for {edit.op}: {unedited}"
+        assert not unedited.inside_ok and unedited.outside_ok, edit.op  # the edit is missing, nothing else
         assert unedited.inside_error == pytest.approx(unedited.source_inside_error)
         assert judge_edit(_noisy(target, rng), edit).success, edit.op
         blurred = judge_edit(target.filter(ImageFilter.GaussianBlur(1)), edit)
@@ -196,6 +197,7 @@ def test_success_rule_over_sampled_edits() -> None:
         if edit.op in SINGLE_OBJECT_OPS:
             wrong = judge_edit(_wrong_colour(edit, rng), edit)
             assert not wrong.success, f"wrong colour passes for {edit.op}: {wrong}"
+            assert not wrong.inside_ok and wrong.outside_ok, edit.op
 
 
 def test_collateral_damage_outside_the_region_fails() -> None:
@@ -209,7 +211,7 @@ def test_collateral_damage_outside_the_region_fails() -> None:
     damaged = edit.target.with_objects([o for i, o in enumerate(edit.target.objects) if i != untouched])
     score = judge_edit(render(damaged), edit)
     assert score.inside_error <= score.t_inside
-    assert score.outside_error > T_OUTSIDE and not score.success
+    assert score.outside_error > T_OUTSIDE and not score.success and not score.outside_ok
 
 
 def test_judge_accepts_pil_uint8_and_float_alike() -> None:

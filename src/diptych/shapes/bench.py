@@ -157,8 +157,8 @@ def run_variant(
                 "success": score.success,
                 "l1": score.l1,
                 # which half of the rule failed: the edited region, or the rest of the image
-                "inside_ok": score.inside_error <= score.t_inside,
-                "outside_ok": score.outside_error <= score.t_outside,
+                "inside_ok": score.inside_ok,
+                "outside_ok": score.outside_ok,
             }
         )
     if grid is not None:
@@ -193,8 +193,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             out[key] = sum(r[key] for r in group) / n if n else None
         return out
 
-    groups: dict[str, dict[Any, list]] = {"phrasing": defaultdict(list), "task": defaultdict(list)}
-    groups["objects"] = defaultdict(list)
+    groups: dict[str, dict[Any, list]] = {key: defaultdict(list) for key in ("phrasing", "task", "objects")}
     for row in rows:
         for key, group in groups.items():
             group[row[key]].append(row)

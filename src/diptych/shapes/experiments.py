@@ -387,7 +387,7 @@ def text_sensitivity(
         # inside error of output a against the target of word b (the edit region is the same for every word)
         scores = [[judge_edit(images[a], variants[b]) for b in range(k)] for a in range(k)]
         inside = np.array([[score.inside_error for score in row] for row in scores])
-        hits += [scores[a][a].inside_error <= scores[a][a].t_inside for a in range(k)]
+        hits += [scores[a][a].inside_ok for a in range(k)]
         successes += [scores[a][a].success for a in range(k)]
         matches += [int(np.argmin(inside[a])) == a for a in range(k)]
         chance += [1 / k] * k

@@ -35,7 +35,7 @@ colour has an inside error of at least 0.032. `T_INSIDE` sits between 0.022 and 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -635,6 +635,16 @@ class EditScore:
     t_outside: float
     source_inside_error: float
 
+    @property
+    def inside_ok(self) -> bool:
+        """The edited region passes its half of the rule (the edit itself is right)."""
+        return self.inside_error <= self.t_inside
+
+    @property
+    def outside_ok(self) -> bool:
+        """The rest of the image passes its half of the rule (nothing else was changed)."""
+        return self.outside_error <= self.t_outside
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return asdict(self)
@@ -700,8 +710,8 @@ def judge_edit(output: Image.Image | np.ndarray, edit: Edit, source_scene: Scene
     outside = float(error[~region].mean()) if not region.all() else 0.0
     source_inside = float(error_map(source, target)[region].mean())
     t_inside = min(T_INSIDE, RELATIVE_INSIDE * source_inside)
-    return EditScore(
-        success=inside <= t_inside and outside <= T_OUTSIDE,
+    score = EditScore(
+        success=False,
         l1=float(np.abs(out - target).mean()),
         inside_error=inside,
         outside_error=outside,
@@ -709,3 +719,4 @@ def judge_edit(output: Image.Image | np.ndarray, edit: Edit, source_scene: Scene
         t_outside=T_OUTSIDE,
         source_inside_error=source_inside,
     )
+    return replace(score, success=score.inside_ok and score.outside_ok)  # success: both halves pass
