@@ -298,6 +298,54 @@ def test_region_losses_compare_models_on_the_same_draws(shapes_folder, capsys):
     assert "noise levels must lie in [0, 1]" in capsys.readouterr().err
 
 
+def test_linear_probe_accuracy_reads_what_the_features_hold():
+    from diptych.shapes.experiments import linear_probe_accuracy
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=400)
+    centres = rng.normal(size=(3, 8)) * 4
+    features = centres[labels] + rng.normal(size=(400, 8))  # the label is linearly decodable
+    assert linear_probe_accuracy(features[:300], labels[:300], features[300:], labels[300:], 3) > 0.95
+    noise = rng.normal(size=(400, 8))  # the label is not in the features at all
+    assert linear_probe_accuracy(noise[:300], labels[:300], noise[300:], labels[300:], 3) < 0.55
+
+
+def test_token_objects_label_the_tokens_an_object_covers():
+    from diptych.shapes.experiments import token_objects
+    from diptych.shapes_core.world import Scene, SceneObject
+
+    big = SceneObject(shape="square", color="red", size="large", position="top left")
+    small = SceneObject(shape="circle", color="blue", size="small", position="bottom right")
+    owner = token_objects(Scene(background="white", objects=(big, small)), 64, 8)
+    assert owner.shape == (8, 8)
+    assert owner[1, 1] == 0 and owner[6, 6] == 1  # the middles of the top-left and bottom-right cells
+    assert owner[4, 4] == -1 and owner[0, 7] == -1  # empty cells: background
+    assert set(np.unique(owner[:3, :3])) <= {0, -1} and set(np.unique(owner[5:, 5:])) <= {1, -1}
+    assert (owner == 0).sum() > (owner == 1).sum()  # the large square covers more tokens than the small circle
+
+
+def test_token_probes_report_every_layer_and_attribute(shapes_folder, capsys):
+    base = f"shapes:{shapes_folder}"
+    args = ["shapes", "features", "--base", base, "--n-fit", "6", "--n-eval", "4", "--adapters", "none"]
+    assert main([*args, "--json"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)["reports"]
+    transformer = Editor.from_pretrained(base, adapter="none").pipe.transformer
+    blocks = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
+    assert report["layers"] == ["embed", *(f"block {i}" for i in range(blocks))]
+    assert set(report["probes"]) == {"shape/left", "shape/right", "color/left", "color/right"}
+    assert report["tokens"]["fit"] > 0 and report["tokens"]["eval"] > 0
+    for probe in report["probes"].values():
+        assert 0 < probe["chance"] <= 1
+        assert set(probe["accuracy"]) == set(report["layers"])
+        assert all(0 <= a <= 1 for a in probe["accuracy"].values())
+    assert main([*args, "--json"]) == 0  # the same draws and fits: the same figures
+    assert json.loads(capsys.readouterr().out)["reports"][0] == report
+    assert main(args) == 0
+    assert "| none | shape/left |" in capsys.readouterr().out
+    assert main([*args, "--t", "2"]) == 2
+    assert "noise level must lie in [0, 1]" in capsys.readouterr().err
+
+
 def test_bench_scores_adapter_paths_on_the_fixed_val_set(shapes_folder, tmp_path, capsys):
     from diptych.errors import DiptychError
     from diptych.shapes.bench import val_cases, variant_options

@@ -154,6 +154,24 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     _add_run_options(losses, progress=False, steps=False)
     losses.set_defaults(func=run_losses_command)
 
+    features = sub.add_parser(
+        "features",
+        help="what the image tokens know about the object under them (shape, colour), layer by layer",
+        epilog=(
+            "example (the bare base and the shipped LoRA-MoE; chance is the most frequent label):\n"
+            "  diptych shapes features --adapters none moe --n-fit 512 --n-eval 256 --t 0.95"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    features.add_argument(
+        "--adapters", nargs="+", default=["none", "moe"], help="'none', 'moe', 'lora' or adapter folders/files"
+    )
+    features.add_argument("--n-fit", type=int, default=512, help="training edits the probes are fit on (default 512)")
+    features.add_argument("--n-eval", type=int, default=256, help="held-out test edits scored (default 256)")
+    features.add_argument("--t", type=float, default=0.95, help="noise level of the panel to generate (default 0.95)")
+    _add_run_options(features, progress=False, steps=False)
+    features.set_defaults(func=run_features_command)
+
     sensitivity = sub.add_parser(
         "text-sensitivity",
         help="does the text reach the image? recolor edits worded with every colour word, vs a second seed",
@@ -325,6 +343,32 @@ def run_grounding_command(args: argparse.Namespace) -> int:
 
     report = caption_grounding(args.base, n=args.n, steps=args.steps, seed=args.seed, device=args.device)
     print(json.dumps(report))
+    return 0
+
+
+def run_features_command(args: argparse.Namespace) -> int:
+    from .experiments import token_probes
+
+    reports = [
+        token_probes(
+            adapter, n_fit=args.n_fit, n_eval=args.n_eval, t=args.t, base=args.base, device=args.device, seed=args.seed
+        )
+        for adapter in args.adapters
+    ]
+    if args.json:
+        print(json.dumps({"reports": reports}))
+        return 0
+    layers = reports[0]["layers"]
+    print(
+        f"linear probe accuracy on the tokens of {args.n_eval} held-out edits (fit on {args.n_fit} training edits), "
+        f"t = {args.t}\n"
+    )
+    print("| adapter | attribute / panel | chance | " + " | ".join(layers) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in layers) + " |")
+    for report in reports:
+        for name, probe in report["probes"].items():
+            cells = " | ".join(f"{probe['accuracy'][layer]:.2f}" for layer in layers)
+            print(f"| {report['adapter']} | {name} | {probe['chance']:.2f} | {cells} |")
     return 0
 
 

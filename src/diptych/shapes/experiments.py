@@ -17,6 +17,9 @@ model grounds its captions, and whether an edit model's output depends on the in
 - `region_losses`: the training objective's error on held-out edits at fixed noise levels, split into the
   source panel, the tokens of the edited panel the edit keeps, and the tokens it changes: whether a model
   fails at copying or at editing, without sampling.
+- `token_probes`: linear probes, layer by layer, of what the image tokens know about the object under them
+  (its shape, its colour), in the visible source panel and at the same place in the panel to generate. An
+  editor asked to change "the circle" must tell the circle's tokens from the others'.
 - `text_sensitivity`: does the text reach the image? Held-out recolor edits, each re-worded with every colour
   word allowed for its object (same object, same seen phrasing template, `colour_variants`) and edited at one
   seed, the original wording also at a second seed. `words_l1` (mean absolute RGB difference between the
@@ -38,7 +41,7 @@ from PIL import Image
 
 from ..shapes_core.dataset import Example, sample_edit
 from ..shapes_core.edits import Edit, as_unit_rgb, edit_region, get_op, judge_edit
-from ..shapes_core.world import allowed_colors, referring_expression, render
+from ..shapes_core.world import Scene, allowed_colors, object_mask, referring_expression, render
 
 #: The token sets of `token_sets` and `region_losses`, in report order.
 TOKEN_SETS: tuple[str, ...] = ("source", "kept", "edited")
@@ -224,6 +227,55 @@ def token_sets(examples: Sequence[Any], size: int, cell: int) -> dict[str, np.nd
     return {"source": ~right, "kept": right & ~edited, "edited": edited}
 
 
+def _encode_diptychs(editor: Any, objective: Any, cases: Sequence[Example], generators: Sequence[Any]) -> tuple:
+    """The ground-truth diptychs of `cases` as the training objective sees them (VAE draws from `generators`),
+    and their ICEdit prompts encoded: (encoded batch, prompt embeddings, pooled embeddings)."""
+    import torch
+
+    from ..canvas import PanelSize
+    from ..prompts import build_prompt
+    from ..train.stream import training_diptych
+
+    size = editor.default_width
+    transformer = editor.pipe.transformer
+    layouts = [training_diptych(c.source_image, c.target_image, PanelSize(size, size)) for c in cases]
+    with torch.no_grad():
+        encoded = objective.encode(
+            [canvas for canvas, _ in layouts],
+            [mask for _, mask in layouts],
+            generators,
+            device=transformer.device,
+            dtype=transformer.dtype,
+        )
+        embeds, pooled = editor.encoder.encode([build_prompt(c.instruction) for c in cases])
+    return encoded, embeds, pooled
+
+
+def _velocity_error(
+    editor: Any, objective: Any, cases: Sequence[Example], inputs: tuple, t: float, generators: Sequence[Any]
+) -> Any:
+    """The objective's per-token velocity error of `cases` (`inputs` from `_encode_diptychs`) at noise level
+    `t`, with fresh noise from `generators` and the true tasks when the editor has task vectors."""
+    import torch
+
+    from ..conditioning.tasks import SHAPES_TASKS
+
+    encoded, embeds, pooled = inputs
+    transformer = editor.pipe.transformer
+    noise = torch.stack([torch.randn(encoded.x0.shape[1:], generator=g) for g in generators])
+    tasks = [SHAPES_TASKS[c.task] for c in cases] if editor.task_embedding is not None else None
+    with torch.no_grad(), editor.task_conditioning(tasks):
+        return objective.velocity_error(
+            transformer,
+            encoded,
+            embeds,
+            pooled,
+            torch.full((len(cases),), float(t)),
+            noise,
+            guidance_embeds=bool(transformer.config.guidance_embeds),
+        )
+
+
 def region_losses(
     adapter: str | None = "moe",
     *,
@@ -240,52 +292,27 @@ def region_losses(
     those with one ("edited"). The same noise and VAE draws for every model, so reports compare."""
     import torch
 
-    from ..canvas import PanelSize
-    from ..conditioning.tasks import SHAPES_TASKS
     from ..editor import Editor
     from ..errors import InputError
-    from ..prompts import build_prompt
     from ..train.objective import FlowMatchingObjective
-    from ..train.stream import training_diptych
 
     if not times or any(not 0.0 <= t <= 1.0 for t in times):
         raise InputError(f"noise levels must lie in [0, 1], got {list(times)}")
     editor = Editor.from_pretrained(base, adapter=adapter, device=device)
     objective = FlowMatchingObjective(editor.pipe)
-    transformer = editor.pipe.transformer
     size, cell = editor.default_width, objective.pixel_multiple
     cases = [sample_edit("test", i, seed=seed, phrasings="all") for i in range(n)]
     sums = {t: dict.fromkeys(TOKEN_SETS, 0.0) for t in times}
     counts = dict.fromkeys(TOKEN_SETS, 0)
     for start in range(0, n, batch_size):
         chunk = cases[start : start + batch_size]
-        layouts = [training_diptych(c.source_image, c.target_image, PanelSize(size, size)) for c in chunk]
         generators = [torch.Generator().manual_seed(seed * 1_000_003 + start + i) for i in range(len(chunk))]
-        with torch.no_grad():
-            encoded = objective.encode(
-                [canvas for canvas, _ in layouts],
-                [mask for _, mask in layouts],
-                generators,
-                device=transformer.device,
-                dtype=transformer.dtype,
-            )
-            embeds, pooled = editor.encoder.encode([build_prompt(c.instruction) for c in chunk])
+        encoded_inputs = _encode_diptychs(editor, objective, chunk, generators)
         sets = {k: torch.from_numpy(v.reshape(len(chunk), -1)) for k, v in token_sets(chunk, size, cell).items()}
         for k, v in sets.items():
             counts[k] += int(v.sum())
-        tasks = [SHAPES_TASKS[c.task] for c in chunk] if editor.task_embedding is not None else None
         for t in times:
-            noise = torch.stack([torch.randn(encoded.x0.shape[1:], generator=g) for g in generators])
-            with torch.no_grad(), editor.task_conditioning(tasks):
-                error = objective.velocity_error(
-                    transformer,
-                    encoded,
-                    embeds,
-                    pooled,
-                    torch.full((len(chunk),), float(t)),
-                    noise,
-                    guidance_embeds=bool(transformer.config.guidance_embeds),
-                ).cpu()
+            error = _velocity_error(editor, objective, chunk, encoded_inputs, t, generators).cpu()
             for k, v in sets.items():
                 sums[t][k] += float(error[v].sum())
     return {
@@ -294,6 +321,144 @@ def region_losses(
         "edits": n,
         "points": [{"t": t, **{k: sums[t][k] / max(counts[k], 1) for k in counts}} for t in times],
     }
+
+
+#: Object attributes `token_probes` decodes from the image tokens.
+PROBED_ATTRIBUTES: tuple[str, ...] = ("shape", "color")
+
+
+def token_probes(
+    adapter: str | None = "none",
+    *,
+    n_fit: int = 512,
+    n_eval: int = 256,
+    t: float = 0.95,
+    base: str = "shapes",
+    batch_size: int = 16,
+    device: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What the transformer's image tokens know about the object under them, layer by layer: linear probes
+    (logistic regression) fit on `n_fit` training edits and scored on `n_eval` held-out test edits.
+
+    Each edit's ground-truth diptych goes through the transformer once at noise level `t` (the ICEdit prompt,
+    the true task when the adapter has task vectors). A token is labelled with the source scene's object that
+    covers at least 40% of its pixels (tokens over background are left out), in the left panel (the source,
+    visible) and at the same place in the right panel (to be generated). For each attribute in
+    `PROBED_ATTRIBUTES` and each panel: the accuracy of a probe on the tokens after the `x_embedder` and after
+    every block, beside `chance` (the most frequent label). An editor that must change "the circle" needs to
+    know, at the circle's tokens, that they are a circle: a probe at chance says it does not."""
+    import torch
+
+    from ..editor import Editor
+    from ..errors import InputError
+    from ..train.objective import FlowMatchingObjective
+
+    if not 0.0 <= t <= 1.0:
+        raise InputError(f"the noise level must lie in [0, 1], got {t}")
+    if n_fit < 1 or n_eval < 1:
+        raise InputError(f"--n-fit and --n-eval must be at least 1, got {n_fit} and {n_eval}")
+    editor = Editor.from_pretrained(base, adapter=adapter, device=device)
+    objective = FlowMatchingObjective(editor.pipe)
+    transformer = editor.pipe.transformer
+    size, cell = editor.default_width, objective.pixel_multiple
+    grid = size // cell
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    layers = ["embed", *(f"block {i}" for i in range(len(blocks)))]
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [transformer.x_embedder.register_forward_hook(lambda _m, _i, out: captured.update(embed=out))]
+    for i, block in enumerate(blocks):  # each block returns (text stream, image stream)
+        hooks.append(block.register_forward_hook(lambda _m, _i, out, i=i: captured.update({f"block {i}": out[1]})))
+
+    def collect(split: str, n: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+        cases = [sample_edit(split, i, seed=seed, phrasings=None if split == "train" else "all") for i in range(n)]
+        features: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+        labels: dict[str, list[str]] = {attr: [] for attr in PROBED_ATTRIBUTES}
+        panels: list[int] = []
+        for start in range(0, n, batch_size):
+            chunk = cases[start : start + batch_size]
+            generators = [torch.Generator().manual_seed(seed * 1_000_003 + start + i) for i in range(len(chunk))]
+            inputs = _encode_diptychs(editor, objective, chunk, generators)
+            _velocity_error(editor, objective, chunk, inputs, t, generators)  # the hooks keep the image stream
+            for row, case in enumerate(chunk):
+                scene = case.source_scene
+                owner = token_objects(scene, size, cell)
+                for r, c in zip(*np.nonzero(owner >= 0), strict=True):
+                    obj = scene.objects[owner[r, c]]
+                    for panel in (0, 1):
+                        token = r * 2 * grid + panel * grid + c
+                        for layer in layers:
+                            features[layer].append(captured[layer][row, token].float().cpu().numpy())
+                        for attr in PROBED_ATTRIBUTES:
+                            labels[attr].append(getattr(obj, attr))
+                        panels.append(panel)
+        return (
+            {layer: np.stack(v) for layer, v in features.items()},
+            {attr: np.array(v) for attr, v in labels.items()},
+            np.array(panels),
+        )
+
+    try:
+        fit_x, fit_y, fit_panel = collect("train", n_fit)
+        eval_x, eval_y, eval_panel = collect("test", n_eval)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    probes: dict[str, Any] = {}
+    for attr in PROBED_ATTRIBUTES:
+        for panel, name in ((0, "left"), (1, "right")):
+            fit, held = fit_panel == panel, eval_panel == panel
+            classes = sorted(set(fit_y[attr][fit]) | set(eval_y[attr][held]))
+            y_fit = np.array([classes.index(v) for v in fit_y[attr][fit]])
+            y_eval = np.array([classes.index(v) for v in eval_y[attr][held]])
+            probes[f"{attr}/{name}"] = {
+                "chance": float(np.bincount(y_eval).max() / len(y_eval)),
+                "accuracy": {
+                    layer: linear_probe_accuracy(fit_x[layer][fit], y_fit, eval_x[layer][held], y_eval, len(classes))
+                    for layer in layers
+                },
+            }
+    return {
+        "base": base,
+        "adapter": adapter,
+        "t": t,
+        "tokens": {"fit": int(fit.sum()), "eval": int(held.sum())},
+        "layers": layers,
+        "probes": probes,
+    }
+
+
+def token_objects(scene: Scene, size: int, cell: int, *, min_share: float = 0.4) -> np.ndarray:
+    """(grid, grid) index of the object covering at least `min_share` of each `cell`-pixel token of a panel
+    (the one covering most, where two do), -1 for tokens over background."""
+    grid = size // cell
+    cover = np.stack([object_mask(scene, k, size) for k in range(len(scene.objects))]).astype(np.float32)
+    cover = cover.reshape(len(scene.objects), grid, cell, grid, cell).mean(axis=(2, 4))
+    return np.where(cover.max(axis=0) >= min_share, cover.argmax(axis=0), -1)
+
+
+def linear_probe_accuracy(
+    x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, classes: int, *, steps: int = 300
+) -> float:
+    """Accuracy on (x_eval, y_eval) of a multinomial logistic regression fit on standardized (x_fit, y_fit)
+    (full-batch Adam, light weight decay, a fixed seed: the same inputs give the same figure)."""
+    import torch
+
+    mean, std = x_fit.mean(axis=0), x_fit.std(axis=0) + 1e-5
+    fit = torch.from_numpy((x_fit - mean) / std).float()
+    held = torch.from_numpy((x_eval - mean) / std).float()
+    targets = torch.from_numpy(y_fit).long()
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(fit.shape[1], classes, generator=generator) * 0.01)
+    bias = torch.nn.Parameter(torch.zeros(classes))
+    optimizer = torch.optim.Adam([weight, bias], lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(fit @ weight + bias, targets).backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = (held @ weight + bias).argmax(dim=1).numpy()
+    return float((predicted == y_eval).mean())
 
 
 def colour_variants(edit: Edit, *, max_words: int = 8) -> list[Edit]:
