@@ -1,5 +1,5 @@
 """`diptych shapes ...`: export ShapesEdit data (`make`), measure the built-in models (`bench`, `inversion`,
-`drift`, `grounding`, `losses`, `text-sensitivity`) and show one edit (`demo`)."""
+`drift`, `grounding`, `losses`, `features`, `text-sensitivity`) and show one edit (`demo`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ examples:
   diptych shapes bench --variants moe moe:no-task moe:true-task      # Emu Edit's task ablation
   diptych shapes drift --n 50 --turns 5         # multi-turn drift with and without thresholding
   diptych shapes losses --adapters none lora moe   # the training error on copied vs edited tokens
+  diptych shapes features --adapters none moe      # what the image tokens know: shape, colour, per layer
   diptych shapes text-sensitivity --adapters none lora moe   # do the instruction's words move the output?
 """
 
