@@ -28,6 +28,43 @@ def test_vae_and_base_train_resume_and_load(tmp_path):
     assert pipe.transformer.config.in_channels == 96 and pipe.vae_scale_factor == 4
 
 
+def test_base_trains_and_resumes_with_the_shape_head(tmp_path):
+    from safetensors.torch import load_file
+
+    vae = train_vae(tmp_path / "vae-run", steps=1, batch=2, checkpoint_every=1, log_every=1)
+    run = tmp_path / "base-run"
+    train_base(vae, run, steps=2, batch=2, checkpoint_every=1, log_every=1, shape_loss=1.0)
+    train_base(vae, run, steps=3, batch=2, checkpoint_every=1, log_every=1, shape_loss=1.0)  # resumes at 2
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    # six shapes: an untrained head's cross-entropy is near ln 6
+    assert all(1.0 < r["shape_loss"] < 3.0 for r in rows)
+    checkpoint = next(run.glob("ckpt-3"))
+    assert any("head" in name for f in checkpoint.glob("*.safetensors") for name in load_file(str(f)))
+    saved = load_file(str(run / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert not any("head" in name for name in saved)  # the saved base is FLUX's class alone
+
+
+def test_shape_head_labels_each_token_with_its_objects_shape():
+    import torch
+
+    from diptych.shapes.models import build_transformer
+    from diptych.shapes.train_base import ShapeHead
+    from diptych.shapes_core.world import SHAPES, Scene, SceneObject
+
+    transformer = build_transformer()
+    head = ShapeHead(transformer)
+    scene = Scene(background="white", objects=(SceneObject("star", "red", "large", "center"),))
+    head._stream = torch.zeros(1, 128, transformer.inner_dim)
+    torch.nn.init.zeros_(head.linear.weight)
+    with torch.no_grad():
+        head.linear.bias.copy_(torch.tensor([10.0 if s == "star" else 0.0 for s in SHAPES]))
+    assert head.loss([scene], 8).item() < 1e-3  # every labelled token is the star; background ignored
+    with torch.no_grad():
+        head.linear.bias.copy_(torch.tensor([10.0 if s == "circle" else 0.0 for s in SHAPES]))
+    assert head.loss([scene], 8).item() > 5
+
+
 def test_load_pipeline_names_missing_models(tmp_path):
     with pytest.raises(WeightsError, match="missing"):
         load_pipeline(tmp_path)

@@ -12,6 +12,9 @@ Example:
     # toward text grounding, from the shipped base, with more caption-only masks:
     python -m diptych.shapes.train_base --vae src/diptych/shapes/weights/vae --out runs/base-grounded \
         --init src/diptych/shapes/weights/transformer --caption-share 0.6 --steps 1200
+    # toward tokens that know their object's shape (checked with `diptych shapes features`):
+    python -m diptych.shapes.train_base --vae src/diptych/shapes/weights/vae --out runs/base-shapes \
+        --init src/diptych/shapes/weights/transformer --shape-loss 1 --steps 1500
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from ..canvas import compose_diptych
 from ..encoders import MiniLMPromptEncoder
 from ..shapes_core.dataset import scene_split
 from ..shapes_core.models import PANEL, TEXT_TOKENS, assemble_pipeline, build_transformer
-from ..shapes_core.world import caption, random_scene, render
+from ..shapes_core.world import SHAPES, caption, random_scene, render
 from ..train.objective import FlowMatchingObjective
+from .experiments import token_objects
 
 PRETRAIN_TEMPLATE = "A diptych with two side-by-side images of the same scene. {caption}"
 #: Default share of Fill masks that only the caption can fill (`random_fill_mask`).
@@ -76,8 +80,8 @@ def random_fill_mask(rng: np.random.Generator, size: int = PANEL, caption_share:
 
 
 def pretrain_batch(rng: np.random.Generator, batch: int, dropout: float = 0.1, caption_share: float = CAPTION_SHARE):
-    """Canvases (the same training-split scene twice), random Fill masks and caption prompts."""
-    canvases, masks, prompts = [], [], []
+    """Canvases (the same training-split scene twice), random Fill masks, caption prompts and the scenes."""
+    canvases, masks, prompts, scenes = [], [], [], []
     while len(canvases) < batch:
         scene = random_scene(rng)
         if scene_split(scene) != "train":  # val/test scenes never reach training
@@ -86,7 +90,38 @@ def pretrain_batch(rng: np.random.Generator, batch: int, dropout: float = 0.1, c
         canvases.append(canvas)
         masks.append(random_fill_mask(rng, caption_share=caption_share))
         prompts.append(" " if rng.random() < dropout else PRETRAIN_TEMPLATE.format(caption=caption(scene)))
-    return canvases, masks, prompts
+        scenes.append(scene)
+    return canvases, masks, prompts, scenes
+
+
+class ShapeHead(torch.nn.Module):
+    """Names, per image token, the shape of the object under it (`--shape-loss`): a linear layer on the image
+    stream after the last double block, read through a forward hook. Without it the base's tokens never carry
+    their object's shape (`diptych shapes features`: chance at every layer), so no adapter can match "the circle"
+    to the circle's tokens; FLUX learns such things from web-scale data, this lab from the world's ground truth.
+    Training-only: the saved transformer is FLUX's class without it."""
+
+    def __init__(self, transformer: FluxTransformer2DModel):
+        super().__init__()
+        self.linear = torch.nn.Linear(transformer.inner_dim, len(SHAPES))
+        self._stream: torch.Tensor | None = None
+        transformer.transformer_blocks[-1].register_forward_hook(self._keep)
+
+    def _keep(self, _module, _inputs, output) -> None:
+        self._stream = output[1]  # (text stream, image stream)
+
+    def loss(self, scenes: list, cell: int) -> torch.Tensor:
+        """Cross-entropy of the last forward pass's image tokens against their objects' shapes (background
+        tokens left out); both panels show the same scene."""
+        labels = []
+        for scene in scenes:
+            owner = token_objects(scene, PANEL, cell)
+            shapes = np.array([SHAPES.index(o.shape) for o in scene.objects] + [-1])[owner]
+            labels.append(np.concatenate([shapes, shapes], axis=1).reshape(-1))
+        stream = self._stream
+        logits = self.linear(torch.nn.functional.layer_norm(stream, stream.shape[-1:]))
+        target = torch.from_numpy(np.stack(labels)).long().to(logits.device)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1)
 
 
 def train_base(
@@ -103,11 +138,13 @@ def train_base(
     device: str = "cpu",
     init: Path | None = None,
     caption_share: float = CAPTION_SHARE,
+    shape_loss: float = 0.0,
 ) -> Path:
     """Train (or resume) the base transformer; writes `out / "transformer"` at the end and returns it.
 
     `init` starts a new run from saved transformer weights (e.g. the shipped base) instead of random ones;
-    `caption_share` is the share of masks only the caption can fill (`random_fill_mask`).
+    `caption_share` is the share of masks only the caption can fill (`random_fill_mask`); `shape_loss` > 0
+    adds a `ShapeHead`'s loss with that weight (checkpointed with the transformer, not saved with it).
     """
     torch.manual_seed(seed)
     device_t = torch.device(device)
@@ -120,9 +157,14 @@ def train_base(
     transformer.train()
     objective = FlowMatchingObjective(pipe, loss_region="all")
     encoder = MiniLMPromptEncoder.from_pretrained(max_length=TEXT_TOKENS, device=device_t)
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
+    # what is checkpointed: the transformer, and the shape head when there is one
+    trained = torch.nn.ModuleDict({"head": ShapeHead(transformer).to(device_t)}) if shape_loss > 0 else None
+    if trained is not None:
+        trained["transformer"] = transformer
+    state = trained if trained is not None else transformer
+    optimizer = torch.optim.AdamW(state.parameters(), lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
-    step = ckpt.resume_loop_state(out, model=transformer, optimizer=optimizer, rng=rng, device=device_t)
+    step = ckpt.resume_loop_state(out, model=state, optimizer=optimizer, rng=rng, device=device_t)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "log.jsonl").open("a")
     start, start_step = time.perf_counter(), step
@@ -130,14 +172,16 @@ def train_base(
         warm = min(1.0, (step + 1) / 200)
         for group in optimizer.param_groups:
             group["lr"] = lr * warm * max(0.05, 0.5 * (1 + math.cos(math.pi * step / steps)))
-        canvases, masks, prompts = pretrain_batch(rng, batch, caption_share=caption_share)
+        canvases, masks, prompts, scenes = pretrain_batch(rng, batch, caption_share=caption_share)
         gens = [torch.Generator().manual_seed(int(s)) for s in rng.integers(0, 2**62, size=batch)]
         encoded = objective.encode(canvases, masks, gens, device=device_t, dtype=torch.float32)
         embeds, pooled = encoder.embed(prompts)
         loss = objective.loss(transformer, encoded, embeds, pooled, gens, guidance_embeds=False)
+        head_loss = trained["head"].loss(scenes, objective.pixel_multiple) if trained is not None else None
+        total = loss if head_loss is None else loss + shape_loss * head_loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.parameters(), 1.0)
         optimizer.step()
         step += 1
         if step % log_every == 0 or step == steps:
@@ -148,13 +192,15 @@ def train_base(
                 "grad_norm": grad_norm.item(),
                 "lr": optimizer.param_groups[0]["lr"],
             }
+            if head_loss is not None:
+                row["shape_loss"] = head_loss.item()
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(
                 f"step {step}/{steps} loss {row['loss']:.4f} |g| {row['grad_norm']:.2f} ({rate:.2f} it/s)", flush=True
             )
         if step % checkpoint_every == 0 or step == steps:
-            ckpt.save_loop_state(out, step, model=transformer, optimizer=optimizer, rng=rng, keep=keep)
+            ckpt.save_loop_state(out, step, model=state, optimizer=optimizer, rng=rng, keep=keep)
     transformer.eval().save_pretrained(out / "transformer")
     return out / "transformer"
 
@@ -176,9 +222,17 @@ def main() -> None:
         default=CAPTION_SHARE,
         help="share of masks that only the caption can fill (whole canvas, or the same boxes in both panels)",
     )
+    parser.add_argument(
+        "--shape-loss",
+        type=float,
+        default=0.0,
+        help="weight of a training-only head naming each token's object shape (0: off); see ShapeHead",
+    )
     args = parser.parse_args()
     if not 0.0 <= args.caption_share <= 1.0:
         parser.error(f"--caption-share must be between 0 and 1, got {args.caption_share}")
+    if args.shape_loss < 0:
+        parser.error(f"--shape-loss must be at least 0, got {args.shape_loss}")
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = train_base(
@@ -191,6 +245,7 @@ def main() -> None:
         device=args.device,
         init=args.init,
         caption_share=args.caption_share,
+        shape_loss=args.shape_loss,
     )
     print(f"wrote {folder}")
 
