@@ -39,7 +39,7 @@ def test_base_trains_and_resumes_with_the_shape_head(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     # six shapes: an untrained head's cross-entropy is near ln 6
     assert all(1.0 < r["shape_loss"] < 3.0 for r in rows)
-    checkpoint = next(run.glob("ckpt-3"))
+    checkpoint = run / "ckpt-3"
     assert any("head" in name for f in checkpoint.glob("*.safetensors") for name in load_file(str(f)))
     saved = load_file(str(run / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert not any("head" in name for name in saved)  # the saved base is FLUX's class alone

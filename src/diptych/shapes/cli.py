@@ -147,9 +147,7 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    losses.add_argument(
-        "--adapters", nargs="+", default=["none", "moe"], help="'none', 'moe', 'lora' or adapter folders/files"
-    )
+    _add_adapters_option(losses)
     losses.add_argument("--n", type=int, default=64, help="test edits (default 64)")
     losses.add_argument("--times", type=float, nargs="+", default=[0.3, 0.6, 0.9], help="noise levels t in [0, 1]")
     _add_run_options(losses, progress=False, steps=False)
@@ -164,9 +162,7 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    features.add_argument(
-        "--adapters", nargs="+", default=["none", "moe"], help="'none', 'moe', 'lora' or adapter folders/files"
-    )
+    _add_adapters_option(features)
     features.add_argument("--n-fit", type=int, default=512, help="training edits the probes are fit on (default 512)")
     features.add_argument("--n-eval", type=int, default=256, help="held-out test edits scored (default 256)")
     features.add_argument("--t", type=float, default=0.95, help="noise level of the panel to generate (default 0.95)")
@@ -182,9 +178,7 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sensitivity.add_argument(
-        "--adapters", nargs="+", default=["none", "moe"], help="'none', 'moe', 'lora' or adapter folders/files"
-    )
+    _add_adapters_option(sensitivity)
     sensitivity.add_argument("--n", type=int, default=8, help="test scenes with a recolor edit (default 8)")
     sensitivity.add_argument("--batch-size", type=int, default=16)
     _add_run_options(sensitivity, progress=True)
@@ -204,6 +198,13 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
     add_threads_option(demo)
     demo.set_defaults(func=run_demo)
     return shapes
+
+
+def _add_adapters_option(parser: argparse.ArgumentParser) -> None:
+    """`--adapters`: the models a measuring subcommand compares, side by side."""
+    parser.add_argument(
+        "--adapters", nargs="+", default=["none", "moe"], help="'none', 'moe', 'lora' or adapter folders/files"
+    )
 
 
 def _add_run_options(

@@ -422,7 +422,7 @@ def token_probes(
         "base": base,
         "adapter": adapter,
         "t": t,
-        "tokens": {"fit": int(fit.sum()), "eval": int(held.sum())},
+        "tokens": {"fit": int((fit_panel == 0).sum()), "eval": int((eval_panel == 0).sum())},  # per panel
         "layers": layers,
         "probes": probes,
     }

@@ -157,11 +157,9 @@ def train_base(
     transformer.train()
     objective = FlowMatchingObjective(pipe, loss_region="all")
     encoder = MiniLMPromptEncoder.from_pretrained(max_length=TEXT_TOKENS, device=device_t)
-    # what is checkpointed: the transformer, and the shape head when there is one
-    trained = torch.nn.ModuleDict({"head": ShapeHead(transformer).to(device_t)}) if shape_loss > 0 else None
-    if trained is not None:
-        trained["transformer"] = transformer
-    state = trained if trained is not None else transformer
+    head = ShapeHead(transformer).to(device_t) if shape_loss > 0 else None
+    # what is trained and checkpointed: the transformer, and the shape head when there is one
+    state = transformer if head is None else torch.nn.ModuleDict({"head": head, "transformer": transformer})
     optimizer = torch.optim.AdamW(state.parameters(), lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     step = ckpt.resume_loop_state(out, model=state, optimizer=optimizer, rng=rng, device=device_t)
@@ -177,7 +175,7 @@ def train_base(
         encoded = objective.encode(canvases, masks, gens, device=device_t, dtype=torch.float32)
         embeds, pooled = encoder.embed(prompts)
         loss = objective.loss(transformer, encoded, embeds, pooled, gens, guidance_embeds=False)
-        head_loss = trained["head"].loss(scenes, objective.pixel_multiple) if trained is not None else None
+        head_loss = head.loss(scenes, objective.pixel_multiple) if head is not None else None
         total = loss if head_loss is None else loss + shape_loss * head_loss
         optimizer.zero_grad(set_to_none=True)
         total.backward()
