@@ -311,8 +311,7 @@ def test_linear_probe_accuracy_reads_what_the_features_hold():
 
 
 def test_token_objects_label_the_tokens_an_object_covers():
-    from diptych.shapes.experiments import token_objects
-    from diptych.shapes_core.world import Scene, SceneObject
+    from diptych.shapes_core.world import Scene, SceneObject, token_objects
 
     big = SceneObject(shape="square", color="red", size="large", position="top left")
     small = SceneObject(shape="circle", color="blue", size="small", position="bottom right")
@@ -332,7 +331,7 @@ def test_token_probes_report_every_layer_and_attribute(shapes_folder, capsys):
     transformer = Editor.from_pretrained(base, adapter="none").pipe.transformer
     blocks = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
     assert report["layers"] == ["embed", *(f"block {i}" for i in range(blocks))]
-    assert set(report["probes"]) == {"shape/left", "shape/right", "color/left", "color/right"}
+    assert set(report["probes"]) == {f"{a}/{p}" for a in ("shape", "size", "color") for p in ("left", "right")}
     assert report["tokens"]["fit"] > 0 and report["tokens"]["eval"] > 0
     for probe in report["probes"].values():
         assert 0 < probe["chance"] <= 1

@@ -1,6 +1,7 @@
 """The ShapesEdit training loops run, resume from their checkpoints, and produce loadable models."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -28,41 +29,50 @@ def test_vae_and_base_train_resume_and_load(tmp_path):
     assert pipe.transformer.config.in_channels == 96 and pipe.vae_scale_factor == 4
 
 
-def test_base_trains_and_resumes_with_the_shape_head(tmp_path):
+def test_base_trains_and_resumes_with_the_object_head(tmp_path):
     from safetensors.torch import load_file
 
     vae = train_vae(tmp_path / "vae-run", steps=1, batch=2, checkpoint_every=1, log_every=1)
     run = tmp_path / "base-run"
-    train_base(vae, run, steps=2, batch=2, checkpoint_every=1, log_every=1, shape_loss=1.0)
-    train_base(vae, run, steps=3, batch=2, checkpoint_every=1, log_every=1, shape_loss=1.0)  # resumes at 2
+    train_base(vae, run, steps=2, batch=2, checkpoint_every=1, log_every=1, object_loss=1.0)
+    # resumes at 2, with the frozen encoders under bf16 autocast
+    train_base(vae, run, steps=3, batch=2, checkpoint_every=1, log_every=1, object_loss=1.0, bf16_encoders=True)
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    # six shapes: an untrained head's cross-entropy is near ln 6
-    assert all(1.0 < r["shape_loss"] < 3.0 for r in rows)
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    # six shapes and three sizes: an untrained head's cross-entropies are near ln 6 and ln 3
+    assert all(1.0 < r["shape_loss"] < 3.0 and 0.5 < r["size_loss"] < 2.0 for r in rows)
     checkpoint = run / "ckpt-3"
     assert any("head" in name for f in checkpoint.glob("*.safetensors") for name in load_file(str(f)))
     saved = load_file(str(run / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert not any("head" in name for name in saved)  # the saved base is FLUX's class alone
 
 
-def test_shape_head_labels_each_token_with_its_objects_shape():
+def test_object_head_labels_each_token_with_its_objects_shape_and_size():
     import torch
 
     from diptych.shapes.models import build_transformer
-    from diptych.shapes.train_base import ShapeHead
-    from diptych.shapes_core.world import SHAPES, Scene, SceneObject
+    from diptych.shapes.train_base import HEAD_ATTRIBUTES, ObjectHead
+    from diptych.shapes_core.world import Scene, SceneObject
 
     transformer = build_transformer()
-    head = ShapeHead(transformer)
+    head = ObjectHead(transformer)
     scene = Scene(background="white", objects=(SceneObject("star", "red", "large", "center"),))
     head._stream = torch.zeros(1, 128, transformer.inner_dim)
-    torch.nn.init.zeros_(head.linear.weight)
-    with torch.no_grad():
-        head.linear.bias.copy_(torch.tensor([10.0 if s == "star" else 0.0 for s in SHAPES]))
-    assert head.loss([scene], 8).item() < 1e-3  # every labelled token is the star; background ignored
-    with torch.no_grad():
-        head.linear.bias.copy_(torch.tensor([10.0 if s == "circle" else 0.0 for s in SHAPES]))
-    assert head.loss([scene], 8).item() > 5
+
+    def predict(shape: str, size: str) -> dict[str, float]:
+        with torch.no_grad():
+            for attr, value in (("shape", shape), ("size", size)):
+                torch.nn.init.zeros_(head.linears[attr].weight)
+                logits = [10.0 if c == value else 0.0 for c in HEAD_ATTRIBUTES[attr]]
+                head.linears[attr].bias.copy_(torch.tensor(logits))
+        return {attr: loss.item() for attr, loss in head.losses([scene], 8).items()}
+
+    # every labelled token is the large star; background tokens are ignored
+    assert all(loss < 1e-3 for loss in predict("star", "large").values())
+    wrong_shape = predict("circle", "large")
+    assert wrong_shape["shape"] > 5 and wrong_shape["size"] < 1e-3
+    assert predict("star", "small")["size"] > 5
 
 
 def test_load_pipeline_names_missing_models(tmp_path):

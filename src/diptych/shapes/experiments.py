@@ -41,7 +41,7 @@ from PIL import Image
 
 from ..shapes_core.dataset import Example, sample_edit
 from ..shapes_core.edits import Edit, as_unit_rgb, edit_region, get_op, judge_edit
-from ..shapes_core.world import Scene, allowed_colors, object_mask, referring_expression, render
+from ..shapes_core.world import allowed_colors, referring_expression, render, token_objects
 
 #: The token sets of `token_sets` and `region_losses`, in report order.
 TOKEN_SETS: tuple[str, ...] = ("source", "kept", "edited")
@@ -324,7 +324,7 @@ def region_losses(
 
 
 #: Object attributes `token_probes` decodes from the image tokens.
-PROBED_ATTRIBUTES: tuple[str, ...] = ("shape", "color")
+PROBED_ATTRIBUTES: tuple[str, ...] = ("shape", "size", "color")
 
 
 def token_probes(
@@ -426,15 +426,6 @@ def token_probes(
         "layers": layers,
         "probes": probes,
     }
-
-
-def token_objects(scene: Scene, size: int, cell: int, *, min_share: float = 0.4) -> np.ndarray:
-    """(grid, grid) index of the object covering at least `min_share` of each `cell`-pixel token of a panel
-    (the one covering most, where two do), -1 for tokens over background."""
-    grid = size // cell
-    cover = np.stack([object_mask(scene, k, size) for k in range(len(scene.objects))]).astype(np.float32)
-    cover = cover.reshape(len(scene.objects), grid, cell, grid, cell).mean(axis=(2, 4))
-    return np.where(cover.max(axis=0) >= min_share, cover.argmax(axis=0), -1)
 
 
 def linear_probe_accuracy(

@@ -318,6 +318,15 @@ def object_mask(scene: Scene, index: int, size: int = 64) -> np.ndarray:
     return _coverage(scene.objects[index], size).copy()
 
 
+def token_objects(scene: Scene, size: int, cell: int, *, min_share: float = 0.4) -> np.ndarray:
+    """(grid, grid) index of the object covering at least `min_share` of each `cell`-pixel token of a panel
+    (the one covering most, where two do), -1 for tokens over background."""
+    grid = size // cell
+    cover = np.stack([object_mask(scene, k, size) for k in range(len(scene.objects))]).astype(np.float32)
+    cover = cover.reshape(len(scene.objects), grid, cell, grid, cell).mean(axis=(2, 4))
+    return np.where(cover.max(axis=0) >= min_share, cover.argmax(axis=0), -1)
+
+
 def _coverage(obj: SceneObject, size: int) -> np.ndarray:
     return _shape_coverage(obj.shape, obj.size, obj.position, size)
 
