@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diptych.shapes.experiments import token_objects
 from diptych.shapes_core import world as W
+from diptych.shapes_core.world import token_objects
 from diptych.train.config import build_config
 from diptych.train.trainer import Trainer
 
