@@ -30,11 +30,9 @@ def collect(split: str, n: int):
         old, new = edit.params["color"], edit.params["new_color"]
         if old not in edit.instruction.split():  # referent named without its colour
             continue
-        prompt = build_prompt(edit.instruction)
-        ids = tokenizer(prompt, max_length=TEXT_TOKENS, truncation=True)["input_ids"]
-        words = tokenizer.convert_ids_to_tokens(ids)
+        tokens = tokenizer(build_prompt(edit.instruction), return_tensors="pt", max_length=TEXT_TOKENS, truncation=True)
+        words = tokenizer.convert_ids_to_tokens(tokens["input_ids"][0].tolist())
         with torch.no_grad():
-            tokens = tokenizer(prompt, return_tensors="pt", max_length=TEXT_TOKENS, truncation=True)
             hidden = encoder.model(**tokens).last_hidden_state[0].numpy()
         # the instruction's colour words are the last occurrences (the template names no colours)
         for role, colour in ((0, old), (1, new)):
@@ -53,7 +51,8 @@ ex, er, ec = collect("test", N // 2)
 names = sorted(set(fc) | set(ec))
 print(f"tokens: fit {len(fr)}, eval {len(er)}")
 print("role (referent vs new colour), chance 0.5:", linear_probe_accuracy(fx, fr, ex, er, 2))
+fit_ids, eval_ids = (np.array([names.index(c) for c in cs]) for cs in (fc, ec))
 print(
-    f"colour identity, chance {np.bincount([names.index(c) for c in ec]).max() / len(ec):.2f}:",
-    linear_probe_accuracy(fx, np.array([names.index(c) for c in fc]), ex, np.array([names.index(c) for c in ec]), len(names)),
+    f"colour identity, chance {np.bincount(eval_ids).max() / len(eval_ids):.2f}:",
+    linear_probe_accuracy(fx, fit_ids, ex, eval_ids, len(names)),
 )

@@ -16,7 +16,7 @@ examples:
   diptych shapes bench --variants moe moe:no-task moe:true-task      # Emu Edit's task ablation
   diptych shapes drift --n 50 --turns 5         # multi-turn drift with and without thresholding
   diptych shapes losses --adapters none lora moe   # the training error on copied vs edited tokens
-  diptych shapes features --adapters none moe      # what the image tokens know: shape, colour, per layer
+  diptych shapes features --adapters none moe      # what the image tokens know: shape, size, colour, per layer
   diptych shapes text-sensitivity --adapters none lora moe   # do the instruction's words move the output?
 """
 
@@ -155,7 +155,7 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
 
     features = sub.add_parser(
         "features",
-        help="what the image tokens know about the object under them (shape, colour), layer by layer",
+        help="what the image tokens know about the object under them (shape, size, colour), layer by layer",
         epilog=(
             "example (the bare base and the shipped LoRA-MoE; chance is the most frequent label):\n"
             "  diptych shapes features --adapters none moe --n-fit 512 --n-eval 256 --t 0.95"

@@ -18,7 +18,7 @@ model grounds its captions, and whether an edit model's output depends on the in
   source panel, the tokens of the edited panel the edit keeps, and the tokens it changes: whether a model
   fails at copying or at editing, without sampling.
 - `token_probes`: linear probes, layer by layer, of what the image tokens know about the object under them
-  (its shape, its colour), in the visible source panel and at the same place in the panel to generate. An
+  (its shape, size and colour), in the visible source panel and at the same place in the panel to generate. An
   editor asked to change "the circle" must tell the circle's tokens from the others'.
 - `text_sensitivity`: does the text reach the image? Held-out recolor edits, each re-worded with every colour
   word allowed for its object (same object, same seen phrasing template, `colour_variants`) and edited at one

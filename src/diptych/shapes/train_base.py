@@ -172,7 +172,7 @@ def train_base(
     objective = FlowMatchingObjective(pipe, loss_region="all")
     encoder = MiniLMPromptEncoder.from_pretrained(max_length=TEXT_TOKENS, device=device_t)
     head = ObjectHead(transformer).to(device_t) if object_loss > 0 else None
-    # what is trained and checkpointed: the transformer, and the shape head when there is one
+    # what is trained and checkpointed: the transformer, and the object head when there is one
     state = transformer if head is None else torch.nn.ModuleDict({"head": head, "transformer": transformer})
     optimizer = torch.optim.AdamW(state.parameters(), lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
