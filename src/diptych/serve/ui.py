@@ -229,8 +229,10 @@ def build_ui(service: EditService) -> gr.Blocks:
             concurrency_limit=settings.max_batch,
         )
         undo.click(handlers.undo, inputs=[state], outputs=[source, painted, compare, result, history, status, state])
-        # The brush paints over the image being edited.
-        source.change(
+        # The brush paints over the image being edited. `input` (user upload, paste, clear), not `change`: edit and
+        # undo set the brush themselves, and a second run re-saving the same image into Gradio's content-addressed
+        # cache (a truncating write) tore the result image while the browser was reading it.
+        source.input(
             lambda image: {"background": image, "layers": [], "composite": image} if image is not None else None,
             inputs=[source],
             outputs=[painted],
