@@ -344,3 +344,50 @@ def test_text_stream_targets_train_export_and_load(tiny_base, tmp_path, make_pai
     plain = dict(Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32").pipe.transformer.named_parameters())
     changed = [n for n in weights if n in plain and not torch.equal(weights[n], plain[n])]
     assert "context_embedder.weight" in changed or any("context_embedder" in n for n in weights if n not in plain)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "moe"])
+def test_trained_qk_norms_are_saved_with_the_adapter_and_loaded_back(tiny_base, tmp_path, make_pairs, fast, adapter):
+    from diptych.adapters.lora import qk_norm_parameters
+    from diptych.adapters.moe import remove_moe
+    from diptych.editor import Editor
+
+    options = {**fast, "optimizer": "adamw", "lr": 5e-2, "max_steps": 3, "batch_size": 2}
+    config = TrainConfig(
+        base=tiny_base,
+        data=str(make_pairs(tmp_path / "pairs", 2)),
+        output=str(tmp_path / adapter),
+        adapter=adapter,
+        train_norms=True,
+        **options,
+    )
+    run = Trainer(config, show_progress=False)
+    result = run.train()
+    assert set(qk_norm_parameters(run.unwrapped)) <= set(run.param_names)
+    trained = {name: p.detach().clone() for name, p in qk_norm_parameters(run.unwrapped).items()}
+    stored = load_file(str(result.adapter))
+    assert {f"transformer.{name}" for name in trained} <= set(stored)
+    bare = Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32").pipe.transformer
+    original = {name: p.detach().clone() for name, p in qk_norm_parameters(bare).items()}
+    assert all(not torch.equal(trained[name], original[name]) for name in trained)  # they did train
+
+    loaded = Editor.from_pretrained(tiny_base, adapter=str(result.adapter), device="cpu", dtype="fp32")
+    gains = qk_norm_parameters(loaded.pipe.transformer)
+    assert all(torch.allclose(gains[name], trained[name]) for name in trained)
+    if adapter == "moe":  # taking the adapter off puts the base's gains back
+        remove_moe(loaded.pipe.transformer)
+        assert all(torch.equal(gains[name], original[name]) for name in trained)
+
+
+def test_qk_norms_that_do_not_fit_the_model_are_refused(tiny_base):
+    from diptych.adapters.lora import check_lora_keys, load_qk_norms, qk_norm_parameters
+    from diptych.editor import Editor
+    from diptych.errors import WeightsError
+
+    transformer = Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32").pipe.transformer
+    name, gain = next(iter(qk_norm_parameters(transformer).items()))
+    with pytest.raises(WeightsError, match="shape"):
+        check_lora_keys(transformer, {f"transformer.{name}": torch.ones(gain.numel() + 1)})
+    with pytest.raises(WeightsError, match="no attention norm"):
+        load_qk_norms(transformer, {"transformer.transformer_blocks.99.attn.norm_q.weight": torch.ones_like(gain)})
+    assert torch.equal(gain, qk_norm_parameters(transformer)[name])  # nothing copied

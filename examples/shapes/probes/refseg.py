@@ -6,7 +6,8 @@ token of a panel lies in the named object (chance ~ 1 / objects). Results: docs/
 usage (one at a time on 2 cores; ~18 min for 1500 steps):
   PYTHONPATH=src python examples/shapes/probes/refseg.py MODE STEPS [LR] [BASE]   MODE: lora | full | head
   env: NTRAIN (training recolors, 4096), NOTEMPLATE=1 (the instruction alone as text),
-       SHAPEAUX=W (a second head after the double blocks learns each token's object shape, loss weight W)
+       SHAPEAUX=W (a second head after the double blocks learns each token's object shape, loss weight W),
+       NORMS=1 (lora mode: also train the attention q/k norm gains, as `diptych train --train-norms`)
 """
 
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diptych.adapters.lora import qk_norm_parameters
 from diptych.shapes_core import world as W
 from diptych.shapes_core.world import token_objects
 from diptych.train.config import build_config
@@ -131,6 +133,9 @@ if mode == "full":
 elif mode == "lora":
     for n, p in model.named_parameters():
         if "lora" in n:
+            p.requires_grad_(True)
+    if os.environ.get("NORMS"):
+        for p in qk_norm_parameters(model).values():
             p.requires_grad_(True)
 head = torch.nn.Linear(128, 1)
 shape_head = torch.nn.Linear(128, len(W.SHAPES))

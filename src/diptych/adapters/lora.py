@@ -13,6 +13,15 @@ from safetensors.torch import load_file
 
 from ..errors import WeightsError
 
+#: FLUX's attention q/k RMSNorms. Queries and keys are normalised before their dot product, so a LoRA on `to_q` /
+#: `to_k` turns their directions but cannot scale the logits: the frozen gains cap how sharply a query can pick one
+#: key (about 5.7 logits at head dim 32 with gains of 1, too little to pick one word of 48 over 128 image tokens).
+#: `diptych train --train-norms` trains them; diffusers stores and loads them in Flux LoRA files (as Flux Control
+#: LoRAs ship theirs).
+QK_NORMS: tuple[str, ...] = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
+# The attribute of a transformer holding the gains an adapter's norms replaced, by state-dict name.
+QK_NORM_ORIGINALS = "_diptych_qk_norm_originals"
+
 ADAPTER_NAME = "edit"
 # What an adapter folder's weights are called: diffusers' LoRA name, diptych's LoRA-MoE export (which may sit beside
 # a task_embedding.safetensors) and the official ICEdit MoE file.
@@ -101,6 +110,67 @@ def _download(repo_id: str, local_files_only: bool) -> Path:
         ) from err
 
 
+def qk_norm_parameters(transformer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The gains of the attention q/k RMSNorms (`QK_NORMS`) by state-dict name."""
+    return {
+        f"{name}.weight": module.weight
+        for name, module in transformer.named_modules()
+        if name.rpartition(".")[2] in QK_NORMS and isinstance(getattr(module, "weight", None), torch.nn.Parameter)
+    }
+
+
+def adapter_qk_norms(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The q/k norm gains that belong to an adapter, for its file: those being trained (`--train-norms`) or loaded
+    from an adapter file (`load_qk_norms`); detached fp32 copies on the CPU, {} when the adapter has none."""
+    loaded = getattr(transformer, QK_NORM_ORIGINALS, {})
+    return {
+        name: p.detach().to("cpu", torch.float32).contiguous().clone()
+        for name, p in qk_norm_parameters(transformer).items()
+        if p.requires_grad or name in loaded
+    }
+
+
+def is_qk_norm_key(key: str) -> bool:
+    """Whether an adapter-file key names an attention q/k norm gain (`transformer.<block>.attn.norm_q.weight`)."""
+    parts = key.split(".")
+    return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in QK_NORMS
+
+
+def load_qk_norms(transformer: torch.nn.Module, gains: dict[str, torch.Tensor]) -> None:
+    """Copy an adapter's q/k norm gains (keys as in its file, any prefix) into the transformer, keeping the
+    originals (`restore_qk_norms`); a key naming no norm of this model or a wrong shape raises `WeightsError`."""
+    params = qk_norm_parameters(transformer)
+    resolved, problems = {}, []
+    for key, tensor in gains.items():
+        name = key.removeprefix("base_model.model.").removeprefix("transformer.")
+        if name not in params:
+            problems.append(f"{key}: the model has no attention norm '{name.removesuffix('.weight')}'")
+        elif tensor.shape != params[name].shape:
+            problems.append(f"{key}: shape {tuple(tensor.shape)}, the norm has {tuple(params[name].shape)}")
+        else:
+            resolved[name] = tensor
+    if problems:
+        raise WeightsError(f"the adapter does not fit this model: {summarize_problems(problems, len(gains))}")
+    originals = getattr(transformer, QK_NORM_ORIGINALS, {})
+    with torch.no_grad():
+        for name, tensor in resolved.items():
+            originals.setdefault(name, params[name].detach().clone())
+            params[name].copy_(tensor)
+    setattr(transformer, QK_NORM_ORIGINALS, originals)
+
+
+def restore_qk_norms(transformer: torch.nn.Module) -> int:
+    """Put back the q/k norm gains an adapter replaced; returns how many."""
+    originals = getattr(transformer, QK_NORM_ORIGINALS, {})
+    params = qk_norm_parameters(transformer)
+    with torch.no_grad():
+        for name, tensor in originals.items():
+            params[name].copy_(tensor)
+    if hasattr(transformer, QK_NORM_ORIGINALS):
+        delattr(transformer, QK_NORM_ORIGINALS)
+    return len(originals)
+
+
 def lora_module_name(key: str) -> tuple[str, str] | None:
     """('x_embedder', 'lora_A') for 'transformer.x_embedder.lora_A.weight'; None if not a LoRA key."""
     for part in ("lora_A", "lora_B"):
@@ -114,7 +184,13 @@ def check_lora_keys(transformer: torch.nn.Module, state_dict: dict[str, torch.Te
     """Raise a `WeightsError` listing keys that name no Linear layer of the transformer or have wrong shapes."""
     modules = dict(transformer.named_modules())
     problems: list[str] = []
+    gains = qk_norm_parameters(transformer)
     for key, tensor in state_dict.items():
+        gain = gains.get(key.removeprefix("transformer."))
+        if gain is not None and key.startswith("transformer."):  # a trained attention q/k norm (`QK_NORMS`)
+            if tensor.shape != gain.shape:
+                problems.append(f"{key}: shape {tuple(tensor.shape)}, the norm has {tuple(gain.shape)}")
+            continue
         parsed = lora_module_name(key)
         if parsed is None or not parsed[0].startswith("transformer."):
             problems.append(f"{key}: not a transformer LoRA key")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiptychError
+from .lora import restore_qk_norms
 
 Gate = Literal["official", "learned"]
 Dispatch = Literal["dense", "sparse"]
@@ -581,7 +582,9 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def remove_moe(transformer: nn.Module) -> int:
-    """Put the original Linear modules back (fused plain layers are unfused first); returns how many."""
+    """Put the original Linear modules back (fused plain layers are unfused first) and the attention q/k norm
+    gains an adapter file replaced; returns how many Linear modules."""
+    restore_qk_norms(transformer)
     layers = adapter_layers(transformer)
     for path, layer in layers.items():
         if isinstance(layer, LoRALinear):

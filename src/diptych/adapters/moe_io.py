@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..files import write_atomic
-from .lora import summarize_problems
+from .lora import adapter_qk_norms, is_qk_norm_key, load_qk_norms, summarize_problems
 from .moe import (
     BLOCK_LISTS,
     AdapterError,
@@ -121,6 +121,7 @@ def load_moe_adapter(
     if adapter_layers(transformer):
         raise AdapterError("this transformer already has LoRA/MoE adapters; call remove_moe(transformer) first")
     state_dict, metadata = _read(source)
+    state_dict, gains = _split_qk_norms(state_dict)
     groups = _group(state_dict)
     moe = [g for g in groups.values() if g.is_moe]
     if not moe:
@@ -131,6 +132,8 @@ def load_moe_adapter(
     plain = [g for g in groups.values() if not g.is_moe]
     num_experts, rank, plain_rank, context_dim = _infer_sizes(moe, plain)
     _check_against(transformer, groups, num_experts, rank, plain_rank or rank, context_dim)
+    if gains:
+        load_qk_norms(transformer, gains)  # checks every key before it copies any
 
     config = _config(metadata, num_experts, rank, plain_rank, context_dim, overrides)
     moe_paths = _in_model_order(transformer, [g.path for g in moe])
@@ -151,6 +154,12 @@ def load_moe_adapter(
                 layer.alpha = alphas[path]
             layer.scale = float(scale)
     return config
+
+
+def _split_qk_norms(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(the LoRA / MoE tensors, the attention q/k norm gains an adapter trained with `--train-norms` carries)."""
+    gains = {k: v for k, v in state_dict.items() if is_qk_norm_key(k)}
+    return {k: v for k, v in state_dict.items() if k not in gains}, gains
 
 
 def _infer_sizes(moe: Sequence[_Module], plain: Sequence[_Module]) -> tuple[int, int, int | None, int | None]:
@@ -401,6 +410,7 @@ def save_moe_adapter(transformer: nn.Module, path: str | os.PathLike[str], *, pr
         for pname, param in layer.named_parameters():
             if not pname.startswith("base."):
                 tensors[f"{lead}{name}.{pname}"] = param.detach().to("cpu").contiguous().clone()
+    tensors |= {f"{lead}{name}": gain for name, gain in adapter_qk_norms(transformer).items()}
     metadata = {"format": "pt", METADATA_KEY: json.dumps(_options_of(layers))}
     return write_atomic(target, save(tensors, metadata=metadata))
 
@@ -448,9 +458,12 @@ def export_moe_to_lora(
         if alpha is not None:
             raise ValueError("alpha is read from the model's layers; pass it only with a state dict")
         parts = _parts_of_model(source)
+        gains = {f"{EXPORT_PREFIX}.{name}": gain for name, gain in adapter_qk_norms(source).items()}
         if weighting == "usage" and usage is None:
             usage = routing_stats(source)
     elif isinstance(source, Mapping):
+        source, gains = _split_qk_norms(_read(source)[0])
+        gains = {f"{EXPORT_PREFIX}.{strip_prefix(k)}": v for k, v in gains.items()}
         parts = _parts_of_state_dict(source, alpha)
     else:
         raise TypeError(f"export_moe_to_lora takes a model or a state dict, got {type(source).__name__}")
@@ -465,7 +478,7 @@ def export_moe_to_lora(
         a, b = _merge(part.downs, part.ups, weights, part.scaling)
         out[f"{EXPORT_PREFIX}.{part.path}.lora_A.weight"] = a
         out[f"{EXPORT_PREFIX}.{part.path}.lora_B.weight"] = b
-    return out
+    return out | gains  # the q/k norm gains are not per expert: they pass through
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..adapters.lora import adapter_qk_norms, qk_norm_parameters
 from ..adapters.moe import DEFAULT_LORA_TARGETS, DEFAULT_MOE_TARGETS, MoEConfig, inject_moe, resolve_targets
 from .config import ConfigError, TrainConfig
 
@@ -32,7 +33,8 @@ def lora_module_paths(transformer: nn.Module, targets: tuple[str, ...] | list[st
 
 
 def add_lora(transformer: nn.Module, config: TrainConfig) -> list[str]:
-    """Freeze the transformer and add a trainable peft LoRA (gaussian init) on the targets."""
+    """Freeze the transformer and add a trainable peft LoRA (gaussian init) on the targets (and, with
+    `train_norms`, make the attention q/k norm gains trainable)."""
     from peft import LoraConfig
 
     targets = tuple(config.lora_targets or OFFICIAL_LORA_TARGETS)
@@ -41,7 +43,17 @@ def add_lora(transformer: nn.Module, config: TrainConfig) -> list[str]:
     transformer.add_adapter(
         LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian", target_modules=paths)
     )
+    if config.train_norms:
+        _unfreeze_qk_norms(transformer)
     return paths
+
+
+def _unfreeze_qk_norms(transformer: nn.Module) -> None:
+    gains = qk_norm_parameters(transformer)
+    if not gains:
+        raise ConfigError("train_norms: this transformer has no attention q/k norms (norm_q, norm_k) to train")
+    for p in gains.values():
+        p.requires_grad_(True)
 
 
 def add_moe(transformer: nn.Module, config: TrainConfig) -> MoEConfig:
@@ -64,6 +76,8 @@ def add_moe(transformer: nn.Module, config: TrainConfig) -> MoEConfig:
         inject_moe(transformer, moe_config, freeze_base=True, dtype=torch.float32)
     except (ValueError, TypeError) as err:  # e.g. a target that names no module of this transformer
         raise ConfigError(f"cannot add the MoE adapter: {err}") from err
+    if config.train_norms:
+        _unfreeze_qk_norms(transformer)
     return moe_config
 
 
@@ -106,9 +120,8 @@ def export_adapter(transformer: nn.Module, config: TrainConfig, folder: Path) ->
     target = folder / LORA_WEIGHT_NAME
     scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".lora-"))
     try:
-        FluxFillPipeline.save_lora_weights(
-            scratch, transformer_lora_layers=lora_state_dict(transformer), weight_name=LORA_WEIGHT_NAME
-        )
+        layers = lora_state_dict(transformer) | adapter_qk_norms(transformer)
+        FluxFillPipeline.save_lora_weights(scratch, transformer_lora_layers=layers, weight_name=LORA_WEIGHT_NAME)
         os.replace(scratch / LORA_WEIGHT_NAME, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

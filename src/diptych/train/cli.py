@@ -79,6 +79,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="also learn Emu Edit task vectors from each sample's task (saved as task_embedding.safetensors)",
     )
+    adapter.add_argument(
+        "--train-norms",
+        action=argparse.BooleanOptionalAction,
+        help="also train the attention q/k RMSNorm gains (~0.1%% of a LoRA; saved in the adapter file, as Flux "
+        "Control LoRAs store theirs): a LoRA alone cannot sharpen attention that normalised queries and keys cap",
+    )
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optimizer", choices=("prodigy", "adamw"), help="default prodigy")

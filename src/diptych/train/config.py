@@ -71,6 +71,7 @@ class TrainConfig:
     dispatch: str = "dense"
     balance_loss_weight: float = 0.0  # > 0 adds the Switch-Transformer load-balancing loss
     task_embedding: bool = False  # Emu Edit: also learn one vector per task (diptych.emu.task_embedding)
+    train_norms: bool = False  # also train the attention q/k RMSNorm gains (adapters.QK_NORMS), saved in the adapter
     # optimisation
     optimizer: str = "prodigy"
     lr: float | None = None
@@ -207,8 +208,9 @@ class TrainConfig:
         keys = ["adapter", "rank", "alpha", "lora_targets", "optimizer"]
         if self.adapter == "moe":
             keys += ["num_experts", "top_k", "gate"]
-        if self.task_embedding:  # only when on, so older checkpoints keep matching
-            keys.append("task_embedding")
+        for flag in ("task_embedding", "train_norms"):  # only when on, so older checkpoints keep matching
+            if getattr(self, flag):
+                keys.append(flag)
         return {k: self.to_dict()[k] for k in keys}
 
 
