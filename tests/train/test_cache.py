@@ -79,10 +79,11 @@ def test_cached_encoding_draws_the_same_latents_and_reads_from_disk(pipe, tmp_pa
     reopened = LatentCache(tmp_path, pipe.vae)
     mixed = objective.encode(canvases, masks, gens(1, 2, 3), device=CPU, dtype=torch.float32, cache=reopened)
     assert (reopened.store.hits, reopened.store.misses) == (2, 1)  # the third was encoded and added
-    for got in (mixed,):
-        torch.testing.assert_close(got.x0, plain.x0, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(got.condition, plain.condition, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(first.x0, plain.x0[:2], rtol=1e-5, atol=1e-6)
+    # a batch of 3 and a batch of 1 round differently in the VAE (~1e-6); a wrong draw is off by O(1)
+    close = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixed.x0, plain.x0, **close)
+    torch.testing.assert_close(mixed.condition, plain.condition, **close)
+    torch.testing.assert_close(first.x0, plain.x0[:2], **close)
     # the entry is the posterior, not a draw: other generators give other latents from the same entry
     other = objective.encode(canvases[:1], masks[:1], gens(9), device=CPU, dtype=torch.float32, cache=reopened)
     assert not torch.allclose(other.x0, plain.x0[:1])
