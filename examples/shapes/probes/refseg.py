@@ -7,7 +7,9 @@ usage (one at a time on 2 cores; ~18 min for 1500 steps):
   PYTHONPATH=src python examples/shapes/probes/refseg.py MODE STEPS [LR] [BASE]   MODE: lora | full | head
   env: NTRAIN (training recolors, 4096), NOTEMPLATE=1 (the instruction alone as text),
        SHAPEAUX=W (a second head after the double blocks learns each token's object shape, loss weight W),
-       NORMS=1 (lora mode: also train the attention q/k norm gains, as `diptych train --train-norms`)
+       NORMS=1 (lora mode: also train the attention q/k norm gains, as `diptych train --train-norms`),
+       SAVE=FILE (lora mode: write the trained LoRA weights, by parameter name, to a safetensors file at the end;
+       examples/shapes/probes/curriculum.py starts an edit adapter from them)
 """
 
 import json
@@ -234,3 +236,9 @@ for step in range(1, steps + 1):
     run = 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
     if step % 250 == 0 or step == steps:
         print(f"step {step} loss {run:.3f} {(time.time() - t0) / step:.2f}s/step |", evaluate(), flush=True)
+
+if os.environ.get("SAVE") and mode == "lora":
+    from safetensors.torch import save_file
+
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if "lora" in n}, os.environ["SAVE"])
+    print("saved", os.environ["SAVE"], flush=True)
