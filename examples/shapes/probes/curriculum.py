@@ -20,6 +20,7 @@ from diptych.train.cli import main
 from diptych.train.objective import FlowMatchingObjective
 
 start = load_file(os.environ["INIT"]) if os.environ.get("INIT") else {}
+start = {n: v for n, v in start.items() if not n.startswith("referent_head.")}  # the LoRA only
 LOCATE = float(os.environ.get("LOCATE", "0"))
 captured = {}
 plain_add_lora = trainer_module.add_lora

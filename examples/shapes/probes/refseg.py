@@ -8,8 +8,9 @@ usage (one at a time on 2 cores; ~18 min for 1500 steps):
   env: NTRAIN (training recolors, 4096), NOTEMPLATE=1 (the instruction alone as text),
        SHAPEAUX=W (a second head after the double blocks learns each token's object shape, loss weight W),
        NORMS=1 (lora mode: also train the attention q/k norm gains, as `diptych train --train-norms`),
-       SAVE=FILE (lora mode: write the trained LoRA weights, by parameter name, to a safetensors file at the end;
-       examples/shapes/probes/curriculum.py starts an edit adapter from them)
+       SAVE=FILE (lora mode: at the end, write the trained LoRA weights by parameter name and the head as
+       referent_head.* to a safetensors file; curriculum.py starts an edit adapter from its LoRA, locate_gate.py
+       uses both as a locator)
 """
 
 import json
@@ -240,5 +241,7 @@ for step in range(1, steps + 1):
 if os.environ.get("SAVE") and mode == "lora":
     from safetensors.torch import save_file
 
-    save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if "lora" in n}, os.environ["SAVE"])
+    weights = {n: p.detach().contiguous() for n, p in model.named_parameters() if "lora" in n}
+    weights |= {f"referent_head.{n}": p.detach().contiguous() for n, p in head.named_parameters()}
+    save_file(weights, os.environ["SAVE"])
     print("saved", os.environ["SAVE"], flush=True)

@@ -1,0 +1,121 @@
+"""Locate, then edit, end to end (a probe, not project code): a locator (the matching proxy's LoRA and head,
+`refseg.py` with SAVE=FILE) predicts which tokens of the source panel belong to the object the instruction
+names; that region, dilated, is the mask of an ordinary masked edit (`EditRequest(mask=...)`: keep-region
+blending while sampling, then the feathered composite) by an edit adapter. Scored on the fixed 30 validation
+recolors beside the same adapter unmasked and masked by the true region. Results: docs/shapes.md, Probe ladder.
+The locator reads the source panel only (x0 = the source in both panels, t = 0.95), so the target never leaks.
+usage: PYTHONPATH=src python examples/shapes/probes/locate_gate.py LOCATOR.safetensors ADAPTER_FOLDER [BASE]
+"""
+
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from scipy.ndimage import binary_dilation
+
+from diptych.canvas import PanelSize
+from diptych.editor import Editor, EditRequest
+from diptych.prompts import build_prompt
+from diptych.shapes.bench import val_cases, variant_options
+from diptych.shapes_core.edits import edit_region, judge_edit
+from diptych.train.config import build_config
+from diptych.train.stream import training_diptych
+from diptych.train.trainer import Trainer
+
+torch.set_num_threads(2)
+locator_file, adapter = sys.argv[1], sys.argv[2]
+base = sys.argv[3] if len(sys.argv) > 3 else "shapes:examples/shapes/models/objects"
+T, SIZE, TOKEN = 0.95, 64, 8
+cases = val_cases(30, ops=["recolor"])
+
+# the locator: the proxy's model (the probe recipe's LoRA layout) with its trained weights and head
+cfg = build_config(
+    "examples/shapes/probe-recolor.yaml", data="runs/data/recolor-val256", output="/tmp/locate-gate", base=base,
+    batch_size=16, compile=False, resume=None, prompt_dropout=0.0,
+)  # fmt: skip
+trainer = Trainer(cfg, show_progress=False)
+trainer._setup()
+model = trainer.unwrapped.eval()
+weights = load_file(locator_file)
+params = dict(model.named_parameters())
+head = torch.nn.Linear(128, 1)
+with torch.no_grad():
+    for name, value in weights.items():
+        if name.startswith("referent_head."):
+            getattr(head, name.removeprefix("referent_head.")).copy_(value)
+        else:
+            params[name].copy_(value)
+captured = {}
+model.single_transformer_blocks[-1].register_forward_hook(lambda m, i, o: captured.update(h=o[1]))
+
+
+@torch.no_grad()
+def locate(case) -> np.ndarray:
+    """Per-token probabilities (8 x 8) that a source-panel token is in the named object."""
+    canvas, fill = training_diptych(case.source, case.source, PanelSize(SIZE, SIZE))
+    gen = torch.Generator().manual_seed(0)
+    enc = trainer.objective.encode([canvas], [fill], [gen], device=torch.device("cpu"), dtype=torch.float32)
+    emb, pooled = trainer.encoder.encode([build_prompt(case.instruction, cfg.template)])
+    x_t = (1 - T) * enc.x0 + T * torch.randn(enc.x0.shape, generator=gen)
+    ids = trainer.objective.pipe._prepare_latent_image_ids(
+        None, enc.latent_height // 2, enc.latent_width // 2, torch.device("cpu"), torch.float32
+    )
+    model(
+        hidden_states=torch.cat((x_t, enc.condition), 2), timestep=torch.full((1,), T), guidance=None,
+        pooled_projections=pooled, encoder_hidden_states=emb, txt_ids=torch.zeros(emb.shape[1], 3), img_ids=ids,
+        return_dict=False,
+    )  # fmt: skip
+    h = captured.pop("h")
+    scores = torch.sigmoid(head(torch.nn.functional.layer_norm(h, h.shape[-1:])).squeeze(-1)).view(8, 16)
+    return scores[:, :8].numpy()
+
+
+def mask_image(region: np.ndarray) -> Image.Image:
+    return Image.fromarray((binary_dilation(region, iterations=2) * 255).astype(np.uint8))
+
+
+probabilities = [locate(c) for c in cases]
+hits = areas = 0
+for p, c in zip(probabilities, cases, strict=True):
+    true_tokens = np.asarray(edit_region(c.edit, SIZE)).reshape(8, TOKEN, 8, TOKEN).mean(axis=(1, 3)) >= 0.3
+    hits += bool(true_tokens.flat[p.argmax()])
+    areas += (p > 0.5).sum()
+print(f"locator: top token in the named object {hits}/{len(cases)}; mean tokens > 0.5: {areas / len(cases):.1f}")
+editor = Editor.from_pretrained(base, adapter=variant_options(adapter)["adapter"])
+
+
+def report(name: str, outputs) -> None:
+    scores = [judge_edit(o.resize(c.source.size), c.edit) for o, c in zip(outputs, cases, strict=True)]
+    multi = [s for s, c in zip(scores, cases, strict=True) if len(c.edit.source.objects) > 1]
+    print(
+        f"{name}: success {np.mean([s.success for s in scores]):.1%}"
+        f" | inside ok {np.mean([s.inside_ok for s in scores]):.1%}"
+        f" | outside ok {np.mean([s.outside_ok for s in scores]):.1%}"
+        f" | two or more objects {sum(s.success for s in multi)}/{len(multi)}",
+        flush=True,
+    )
+
+
+def composite(outputs, masks):
+    """The edit inside the mask, the source outside it (pixels)."""
+    return [
+        Image.fromarray(
+            np.where(np.asarray(m)[..., None] > 0, np.asarray(o.resize(c.source.size)), np.asarray(c.source))
+        )
+        for o, m, c in zip(outputs, masks, cases, strict=True)
+    ]
+
+
+true_masks = [mask_image(edit_region(c.edit, SIZE)) for c in cases]
+unmasked = editor.edit_many([EditRequest(c.source, c.instruction, 0) for c in cases], steps=28, batch_size=16)
+report("unmasked", unmasked)
+report("true region, as the editor's mask (blended while sampling)", editor.edit_many(
+    [EditRequest(c.source, c.instruction, 0, mask=m) for c, m in zip(cases, true_masks, strict=True)],
+    steps=28, batch_size=16,
+))  # fmt: skip
+report("true region, composited after", composite(unmasked, true_masks))
+for threshold in (0.5, 0.3):
+    masks = [mask_image(np.kron(p > threshold, np.ones((TOKEN, TOKEN))).astype(bool)) for p in probabilities]
+    report(f"located (p > {threshold}), composited after", composite(unmasked, masks))
