@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from scipy.ndimage import binary_dilation
 
-from diptych.canvas import PanelSize
+from diptych.canvas import PanelSize, feathered_composite
 from diptych.editor import Editor, EditRequest
 from diptych.prompts import build_prompt
 from diptych.shapes.bench import val_cases, variant_options
@@ -97,11 +97,9 @@ def report(name: str, outputs) -> None:
 
 
 def composite(outputs, masks):
-    """The edit inside the mask, the source outside it (pixels)."""
+    """The edit inside the mask, the source outside it (the editor's own composite, unfeathered)."""
     return [
-        Image.fromarray(
-            np.where(np.asarray(m)[..., None] > 0, np.asarray(o.resize(c.source.size)), np.asarray(c.source))
-        )
+        feathered_composite(c.source, o.resize(c.source.size), m, feather=0)
         for o, m, c in zip(outputs, masks, cases, strict=True)
     ]
 
