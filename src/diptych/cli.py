@@ -17,6 +17,7 @@ EDIT_EXAMPLES = """\
 examples:
   diptych edit cat.png "make the cat wear a red hat" -o hat.png --lora RiverZ/normal-lora
   diptych edit room.jpg "remove the lamp" -o out.png --mask lamp_mask.png --keep-size
+  diptych edit scene.png "make the circle blue" -o out.png --base shapes --mask auto   # the locator's region
   diptych edit --batch edits.jsonl --out-dir results/ --base ./FLUX.1-Fill-dev --offload model
   diptych edit room.png -i "add a plant" -i "make the walls blue" -i "remove the lamp" -o out.png
   diptych edit cat.png "make it snow" -o snow.png --candidates 6 --early-steps 10 \
@@ -78,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="task embedding (default: the --lora folder's task_embedding.safetensors, if any)",
     )
     model.add_argument("--routing-stats", metavar="JSON", help="LoRA-MoE adapters: write expert usage per layer")
+    model.add_argument(
+        "--locator",
+        metavar="FILE",
+        default=None,
+        help="locator for --mask auto (`diptych train --objective locate`; the built-in model's default: the one "
+        "in its folder, if shipped)",
+    )
 
     sampling = edit.add_argument_group("sampling")
     sampling.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
@@ -96,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prompt template: icedit (default), paper, comfyui, or a string with {instruction}",
     )
-    sampling.add_argument("--mask", default=None, help="mask image, white = may change (single edits)")
+    sampling.add_argument(
+        "--mask",
+        default=None,
+        help="mask image, white = may change; or 'auto': the region the locator predicts from the instruction "
+        "(--locator), the edit composited inside it",
+    )
     sampling.add_argument("--feather", type=int, default=3, help="mask edge feather in pixels (default 3)")
     sampling.add_argument("--keep-size", action="store_true", help="resize the result to the source's size")
     sampling.add_argument("--batch-size", type=int, default=4, help="edits per transformer batch (default 4)")
@@ -201,10 +214,12 @@ def run_edit(args: argparse.Namespace) -> int:
         try:
             validate_instruction(job.instruction)
             size = load_image(job.image).size
-            if job.mask is not None:
+            if job.mask is not None and job.mask != "auto":
                 load_mask(job.mask, size=size)
         except DiptychError as err:
             raise type(err)(f"{where}{err}") from err
+    if any(job.mask == "auto" for job in jobs) and args.locator is None and not _ships_locator(args.base):
+        raise InputError("--mask auto needs a locator: --locator FILE (train one: diptych train --objective locate)")
     judge = None
     if args.early_steps is None:  # the default never exceeds --steps; an explicit value is checked below
         args.early_steps = min(DEFAULT_EARLY_STEPS, args.steps)
@@ -232,7 +247,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from .editor import DEFAULT_BASE, Editor, EditRequest
     from .images import save_image_atomic
 
-    editor = Editor.from_pretrained(args.base or DEFAULT_BASE, args.lora, **model_options(args))
+    editor = Editor.from_pretrained(args.base or DEFAULT_BASE, args.lora, locator=args.locator, **model_options(args))
     if args.fuse:
         editor.fuse_adapter()
     _use_task_embedding(editor, args)
@@ -317,6 +332,15 @@ def _early_filter_call(editor, job: BatchJob, judge, args: argparse.Namespace, p
         save_candidates=args.save_candidates,
         progress=progress,
     )
+
+
+def _ships_locator(base: str | None) -> bool:
+    """Whether `base` is a built-in model with a locator in its folder (the default of --mask auto)."""
+    if base is None or not is_builtin_base(base):
+        return False
+    from .shapes_core.models import resolve_locator
+
+    return resolve_locator(base) is not None
 
 
 def _edit_options(args: argparse.Namespace) -> dict:
@@ -462,7 +486,7 @@ def read_batch(path: Path, out_dir: Path, *, overwrite: bool = False) -> list[Ba
             image=str(path.parent / row["image"]),
             instruction=row["instruction"],
             seed=row.get("seed", 42),
-            mask=str(path.parent / mask) if mask else None,
+            mask=str(path.parent / mask) if mask and mask != "auto" else mask or None,
             output=out_dir / name,
             line=number,
         )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from diffusers import FluxFillPipeline
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from . import canvas as cv
 from .devices import default_device, default_dtype  # noqa: F401  (public names kept importable from here)
@@ -36,6 +36,7 @@ from .speed import CacheMode
 
 if TYPE_CHECKING:
     from .conditioning.task_embedding import TaskEmbedding
+    from .locator import Locator
     from .scaling.judges import Judge
 
 
@@ -45,7 +46,8 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass
 class EditRequest:
-    """One edit of a batch: an image, an instruction, a seed and an optional mask (white = may change)."""
+    """One edit of a batch: an image, an instruction, a seed and an optional mask (white = may change; "auto" =
+    the region the editor's locator predicts from the instruction)."""
 
     image: ImageInput
     instruction: str
@@ -65,8 +67,9 @@ class PreparedEdit:
     instruction: str
     prompt: str
     seed: int
-    mask: Image.Image | None  # user mask at the source's size
+    mask: Image.Image | None  # user (or located) mask at the source's size
     keep_grid: np.ndarray | None  # latent cells of the canvas that must keep the source
+    located: bool = False  # the mask is the locator's: composited after sampling only (no keep-blending)
 
 
 class Editor:
@@ -97,6 +100,7 @@ class Editor:
         self.quantized: str | None = None  # the quantization mode of the loaded weights
         self.task_embedding: TaskEmbedding | None = None  # see use_task_embedding
         self.task_predictor = None
+        self.locator: Locator | None = None  # see use_locator; needed by mask="auto"
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -115,6 +119,7 @@ class Editor:
         quantize: str | None = None,
         compile: bool = False,
         gguf: str | os.PathLike | None = None,
+        locator: str | os.PathLike | None = None,
     ) -> Editor:
         """Load a Fill model from the hub or a local diffusers folder, plus an optional adapter.
 
@@ -137,6 +142,10 @@ class Editor:
         `editor.cache`); `quantize` "int8" (any device), "fp8" or "nf4" (CUDA); `compile` regional
         `torch.compile` of the transformer's repeated blocks; `gguf` a GGUF file of the transformer (e.g. a Q8_0
         FLUX.1 Fill), the rest of the pipeline from `base`.
+
+        `locator`: a locator file or training folder (`diptych train --objective locate`) for `mask="auto"`;
+        it loads its own copy of `base`'s transformer. The built-in model's defaults to the one shipped in its
+        folder, if any.
         """
         model = load_fill_pipeline(
             base,
@@ -161,6 +170,19 @@ class Editor:
             from .conditioning.task_embedding import load_task_embedding
 
             editor.use_task_embedding(load_task_embedding(model.task_embedding_file))
+        if locator is None and model.builtin:
+            from .shapes_core.models import resolve_locator
+
+            locator = resolve_locator(str(base))
+        if locator is not None:
+            from .locator import Locator
+
+            transformer = model.pipe.transformer
+            editor.use_locator(
+                Locator.from_pretrained(
+                    base, locator, device=transformer.device, dtype=transformer.dtype, local_files_only=local_files_only
+                )
+            )
         return editor
 
     @property
@@ -255,6 +277,30 @@ class Editor:
 
         return task_conditioning(self.pipe.transformer, self.task_embedding, list(tasks))
 
+    # ------------------------------------------------------------------ locating
+    def use_locator(self, locator: Locator | None) -> None:
+        """Predict the region of `mask="auto"` edits with `locator` (`diptych.locator.Locator`; None: none)."""
+        self.locator = locator
+
+    def locate(self, image: ImageInput, instruction: str, *, width: int | None = None, template: str | None = None):
+        """The region of `image` that `instruction` names, as the locator predicts it: an 'L' mask at the image's
+        size (white = edit here), what `mask="auto"` composites the edit inside."""
+        return self.prepare(EditRequest(image, instruction, mask="auto"), width=width, template=template).mask
+
+    def _located_mask(self, canvas: Image.Image, fill_mask: Image.Image, prompt: str, panel: cv.PanelSize):
+        if self.locator is None:
+            raise InputError(
+                "mask='auto' needs a locator: Editor.from_pretrained(..., locator=FILE) (CLI: --locator FILE); "
+                "train one with `diptych train --objective locate`"
+            )
+        from .locator import region_mask
+
+        embeds, pooled = self.encoder.encode([prompt])
+        probabilities = self.locator.probabilities(self.pipe, [canvas], [fill_mask], embeds, pooled)[0]
+        token = 2 * self.sampler.vae_scale  # pixels per token: the locator's resolution
+        # Half a token of margin: tokens are coarse, and an object the region clips is a failed edit (docs/shapes.md).
+        return region_mask(probabilities, (panel.width, panel.height), dilate=max(1, token // 2))
+
     # ------------------------------------------------------------------ editing
     def session(self, image: ImageInput, **options):
         """A multi-turn editing session on `image` (history, undo, Emu Edit thresholding between turns);
@@ -286,7 +332,9 @@ class Editor:
         """Edit one image; returns the edited panel (`width` wide, or the source's size with `keep_size`).
 
         `mask` (white = may change) restricts the edit: latents outside it are blended back to the source
-        at every step, and the final image takes the source's pixels outside the mask exactly.
+        at every step, and the final image takes the source's pixels outside the mask exactly. `mask="auto"`:
+        the region the editor's locator predicts from the instruction (`use_locator`), composited after
+        sampling only (the edit inside it, the source's pixels outside; `locate` returns the region).
 
         With `candidates` > 1, early filtering: seeds `seed .. seed + candidates - 1` run `early_steps`
         steps together, `judge` (a judge object or a spec such as "clip" or "python:mod:fn") picks one from
@@ -386,7 +434,11 @@ class Editor:
         panel_source = cv.fit_panel(source, panel)
         canvas, fill_mask = cv.compose_diptych(panel_source)
         mask = keep_grid = None
-        if request.mask is not None:
+        located = isinstance(request.mask, str) and request.mask == "auto"
+        if located:
+            located_panel = self._located_mask(canvas, fill_mask, build_prompt(instruction, template), panel)
+            mask = located_panel.resize(source.size, Image.Resampling.NEAREST)
+        elif request.mask is not None:
             mask = load_mask(request.mask, size=source.size)
             cell = self.sampler.vae_scale  # pixels per latent cell
             rows, cols = panel.height // cell, panel.width // cell
@@ -402,6 +454,7 @@ class Editor:
             seed=int(request.seed),
             mask=mask,
             keep_grid=keep_grid,
+            located=located,
         )
 
     def start(self, items: Sequence[PreparedEdit], *, steps: int, guidance: float) -> FillState:
@@ -430,7 +483,11 @@ class Editor:
         elif keep_size:
             reference = item.source
         if item.mask is not None:
-            edited = cv.feathered_composite(reference, edited, cv.fit_mask(item.mask, edited.size), feather)
+            mask = cv.fit_mask(item.mask, edited.size)
+            if item.located and feather > 0:
+                # The ramp (erode by `feather`, blur by `feather`) must lie wholly outside the located region.
+                mask = mask.filter(ImageFilter.MaxFilter(4 * feather + 1))
+            edited = cv.feathered_composite(reference, edited, mask, feather)
         return edited
 
 

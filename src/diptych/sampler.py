@@ -281,20 +281,31 @@ class FillSampler:
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
         return scheduler.sigmas.clone(), timesteps
 
+    @torch.no_grad()
+    def clean_latents(self, canvases: Sequence[Image.Image]) -> torch.Tensor:
+        """The packed clean latents (B, tokens, 4 lc) of same-sized canvases: the VAE posterior's mode, shifted and
+        scaled as the pipeline does, so that nothing is drawn from any seed's generator."""
+        width, height = canvases[0].size
+        init = self.pipe.image_processor.preprocess(list(canvases), height=height, width=width)
+        s = self.vae_scale
+        return self._clean_packed(init, 2 * (height // (s * 2)), 2 * (width // (s * 2)), self.pipe.vae.dtype)
+
+    def _clean_packed(self, init: torch.Tensor, lat_h: int, lat_w: int, dtype: torch.dtype) -> torch.Tensor:
+        vae = self.pipe.vae
+        clean = vae.encode(init.to(device=self.pipe._execution_device, dtype=vae.dtype)).latent_dist.mode()
+        clean = ((clean - vae.config.shift_factor) * vae.config.scaling_factor).to(dtype)
+        return self.pipe._pack_latents(clean, clean.shape[0], self.latent_channels, lat_h, lat_w)
+
     def _keep_tensors(self, init, keep_masks, lat_h, lat_w, dtype, device):
         lc = self.latent_channels
-        # The clean latents of the canvas (its right panel holds the source): the mode, not a sample,
-        # so keep-blending draws nothing from the seed's generator.
-        clean = self.pipe.vae.encode(init.to(device=device, dtype=self.pipe.vae.dtype)).latent_dist.mode()
-        vae_cfg = self.pipe.vae.config
-        clean = ((clean - vae_cfg.shift_factor) * vae_cfg.scaling_factor).to(dtype)
+        # The clean latents of the canvas (its right panel holds the source), drawing nothing from the seeds.
+        clean = self._clean_packed(init, lat_h, lat_w, dtype).to(device)
         grids = [np.zeros((lat_h, lat_w), np.float32) if k is None else np.asarray(k, np.float32) for k in keep_masks]
         if any(g.shape != (lat_h, lat_w) for g in grids):
             raise InputError(f"keep masks must be ({lat_h}, {lat_w}) latent grids")
         grid = torch.from_numpy(np.stack(grids))[:, None].expand(-1, lc, -1, -1).to(device=device, dtype=dtype)
         batch = len(keep_masks)
-        pack = self.pipe._pack_latents
-        return pack(clean, batch, lc, lat_h, lat_w), pack(grid.contiguous(), batch, lc, lat_h, lat_w)
+        return clean, self.pipe._pack_latents(grid.contiguous(), batch, lc, lat_h, lat_w)
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -10,7 +10,9 @@ instruction. Emu Edit's task ablation adds two variants (not run by default):
 - `moe:no-task`: the same adapter with task conditioning off;
 - `moe:true-task`: conditioned on the true task of each edit instead of the predicted one.
 Any other variant is the path of a trained adapter (a `diptych train` output folder or file), run alone, or
-with early filtering as `PATH+filter`: how probes and new recipes are scored on the same cases.
+with early filtering as `PATH+filter`: how probes and new recipes are scored on the same cases. A `+locate`
+suffix on any variant (`moe+locate`, `PATH+locate`) edits with `mask="auto"`: the edit composited inside the
+region the locator predicts (`run_bench(locator=...)`, or the one shipped in the base's folder).
 Every edit is scored by the exact ShapesEdit success rule (`diptych.shapes.edits.judge_edit`) against
 its ground-truth render; seen and held-out phrasings are reported apart.
 """
@@ -43,10 +45,14 @@ DEFAULT_VARIANTS: tuple[str, ...] = ("base", "lora", "moe", "moe+filter")
 
 
 FILTER = {"candidates": 4, "early_steps": 4, "judge": "shapes"}
+LOCATE_SUFFIX = "+locate"
 
 
 def variant_options(name: str) -> dict[str, Any]:
-    """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`)."""
+    """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`); `+locate` on either
+    adds the locator's mask."""
+    if name.endswith(LOCATE_SUFFIX):
+        return variant_options(name.removesuffix(LOCATE_SUFFIX)) | {"mask": "auto"}
     if name in VARIANTS:
         return VARIANTS[name]
     path, filtered = (name.removesuffix("+filter"), True) if name.endswith("+filter") else (name, False)
@@ -118,6 +124,7 @@ def run_variant(
         return SHAPES_TASKS[case.task] if options.get("task") == "true" else None
 
     candidates = options.get("candidates", 1)
+    mask = options.get("mask")
     if candidates > 1:
         outputs = []
         for case in cases:
@@ -131,6 +138,7 @@ def run_variant(
                     early_steps=min(options["early_steps"], steps),
                     judge=options["judge"],
                     task=task(case),
+                    mask=mask,
                 )
             )
             if progress:
@@ -140,7 +148,7 @@ def run_variant(
         for start in range(0, len(cases), batch_size):
             chunk = cases[start : start + batch_size]
             outputs += editor.edit_many(
-                [EditRequest(c.source, c.instruction, seed, task=task(c)) for c in chunk],
+                [EditRequest(c.source, c.instruction, seed, mask=mask, task=task(c)) for c in chunk],
                 steps=steps,
                 batch_size=batch_size,
             )
@@ -213,9 +221,11 @@ def run_bench(
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
     grids: Path | None = None,
+    locator: str | None = None,
 ) -> dict[str, Any]:
     """Every variant on every case; a variant whose weights are missing is reported with the reason. With
-    `grids` (a folder), each variant's source | output | target grid is written there as NAME.png."""
+    `grids` (a folder), each variant's source | output | target grid is written there as NAME.png. `locator`:
+    the locator file of `+locate` variants (default: the one shipped in the base's folder)."""
     from ..editor import Editor
 
     report: dict[str, Any] = {"cases": len(cases), "steps": steps, "seed": seed, "variants": {}}
@@ -223,7 +233,11 @@ def run_bench(
     for name in variants:
         options = options_of[name]
         try:
-            editor = Editor.from_pretrained(base, adapter=options["adapter"], device=device)
+            editor = Editor.from_pretrained(
+                base, adapter=options["adapter"], device=device, locator=locator if "mask" in options else None
+            )
+            if "mask" in options and editor.locator is None:
+                raise DiptychError(f"{name} needs a locator: --locator FILE, or one shipped in the base's folder")
             if options.get("task") == "none":
                 editor.use_task_embedding(None)
             elif options.get("task") == "true" and editor.task_embedding is None:

@@ -73,8 +73,12 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         nargs="+",
         default=list(DEFAULT_VARIANTS),
         metavar="VARIANT",
-        help=f"{', '.join(VARIANTS)}, or a trained adapter's path (PATH+filter: with early filtering); default: "
+        help=f"{', '.join(VARIANTS)}, or a trained adapter's path (PATH+filter: with early filtering); a +locate "
+        f"suffix composites each edit inside the locator's region (--mask auto); default: "
         f"{' '.join(DEFAULT_VARIANTS)} (add moe:no-task moe:true-task for Emu Edit's task ablation)",
+    )
+    bench.add_argument(
+        "--locator", default=None, metavar="FILE", help="locator of +locate variants (default: the base's own)"
     )
     bench.add_argument(
         "--val-per-op",
@@ -268,6 +272,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         device=args.device,
         progress=bar.update,
         grids=args.grids,
+        locator=args.locator,
     )
     bar.close()
     print(json.dumps(report) if args.json else format_table(report))

@@ -125,6 +125,16 @@ ADAPTER_FILES = {"moe": "adapters/moe.safetensors", "lora": "adapters/lora.safet
 TASK_EMBEDDING_FILES = {"moe": "adapters/moe_task_embedding.safetensors"}
 
 
+#: The locator shipped with a ShapesEdit model (`diptych train --objective locate`), used by `mask="auto"`.
+LOCATOR_FILE = "adapters/locator.safetensors"
+
+
+def resolve_locator(base: str) -> Path | None:
+    """The locator shipped in a ShapesEdit model's folder, or None when there is none."""
+    path = resolve_folder(base) / LOCATOR_FILE
+    return path if path.is_file() else None
+
+
 def resolve_folder(base: str) -> Path:
     """'shapes' -> the shipped weights; 'shapes:/some/folder' -> a folder in the same layout."""
     if base == "shapes":

@@ -31,6 +31,10 @@ examples:
   diptych train ... --output runs/lora              # resumes automatically
   diptych train ... --output runs/lora --no-resume  # refuses if checkpoints exist
 
+  # a locator (which object does the instruction name?) for `diptych edit --mask auto`, on the built-in model
+  diptych train --base shapes --data runs/data/recolor-8k --objective locate --optimizer adamw --lr 2e-3 \
+      --batch-size 32 --max-steps 1500 --output runs/locator   # -> runs/locator/locator.safetensors
+
 the result loads with:  diptych edit cat.png "make it snow" -o out.png --base ... --lora runs/lora
 data formats: jsonl (file or folder with data.jsonl), magicbrush / omniedit (parquet file or folder),
 shapes (--data is a ShapesEdit split: train), auto (default: by file type and parquet columns).
@@ -113,6 +117,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_option(optim)
 
     data = parser.add_argument_group("objective and data")
+    data.add_argument(
+        "--objective",
+        choices=("flow", "locate"),
+        help="'flow': an edit adapter (default); 'locate': a locator (LoRA + per-token head) that predicts the "
+        "region an instruction names, for `diptych edit --mask auto` (docs/training.md)",
+    )
+    data.add_argument("--locate-positive-weight", type=float, help="locator BCE weight of in-region tokens (default 4)")
     data.add_argument(
         "--resolution",
         help="panel size N or WxH (default 512: a 1024x512 diptych; 64 for the built-in model, --base shapes)",

@@ -37,7 +37,9 @@ _FLOAT_FIELDS = (
     "validation_guidance",
     "edit_weight",
     "timestep_shift",
+    "locate_positive_weight",
 )
+OBJECTIVES = ("flow", "locate")
 
 
 class ConfigError(DiptychError, ValueError):
@@ -60,6 +62,9 @@ class TrainConfig:
     output: str = ""
     max_steps: int = 1000
     data_format: str = "auto"
+    # "flow": an edit adapter (the ICEdit objective); "locate": a locator (LoRA + per-token head, locate.py)
+    objective: str = "flow"
+    locate_positive_weight: float = 4.0  # BCE weight of in-region tokens (a recolor's region is ~7% of them)
     # adapter
     adapter: str = "lora"
     rank: int = 32
@@ -131,6 +136,7 @@ class TrainConfig:
         self.resolution = tuple(int(v) for v in self.resolution)  # type: ignore[assignment]
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         _choice(self, "adapter", ADAPTERS)
+        _choice(self, "objective", OBJECTIVES)
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "mixed_precision", PRECISIONS)
         _choice(self, "lr_scheduler", SCHEDULERS)
@@ -139,7 +145,11 @@ class TrainConfig:
         _choice(self, "dispatch", ("dense", "sparse"))
         _choice(self, "loss_region", ("all", "right"))
         _choice(self, "loss_weighting", ("none", "edit"))
-        for name in ("edit_weight", "timestep_shift"):
+        if self.objective == "locate" and (self.adapter != "lora" or self.task_embedding):
+            raise ConfigError(
+                "objective 'locate' trains a plain LoRA and its head: use adapter lora without task_embedding"
+            )
+        for name in ("edit_weight", "timestep_shift", "locate_positive_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
@@ -206,6 +216,8 @@ class TrainConfig:
     def adapter_signature(self) -> dict[str, Any]:
         """What must match between a checkpoint and the run resuming it."""
         keys = ["adapter", "rank", "alpha", "lora_targets", "optimizer"]
+        if self.objective != "flow":  # only when not the default, so older checkpoints keep matching
+            keys.append("objective")
         if self.adapter == "moe":
             keys += ["num_experts", "top_k", "gate"]
         for flag in ("task_embedding", "train_norms"):  # only when on, so older checkpoints keep matching

@@ -171,6 +171,7 @@ class BatchStream:
         world_size: int = 1,
         on_skip: Callable[[str], None] | None = None,
         edit_masks: bool = False,
+        right_panel: str = "target",
     ):
         if (panel is None) == (buckets is None):
             raise ValueError("give exactly one of panel (fixed size) or buckets (aspect-ratio bucketing)")
@@ -178,6 +179,8 @@ class BatchStream:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= prompt_dropout <= 1.0:
             raise ValueError(f"prompt_dropout must be between 0 and 1, got {prompt_dropout}")
+        if right_panel not in ("target", "source"):
+            raise ValueError(f"right_panel must be 'target' or 'source', got {right_panel!r}")
         if len(dataset) < world_size:
             raise DataError(f"the dataset has {len(dataset)} rows, fewer than the {world_size} processes")
         self.dataset = dataset
@@ -190,6 +193,8 @@ class BatchStream:
         self.rank, self.world_size = rank, world_size
         self.on_skip = on_skip
         self.edit_masks = edit_masks
+        # "source": the canvas the editor builds (the source in both panels), what a locator is trained on
+        self.right_panel = right_panel
         self.epoch = 0
         self.lane = 0  # samples of this process's lane consumed in the current epoch
         self.pending: dict[int, list[TrainItem]] = {}
@@ -253,7 +258,8 @@ class BatchStream:
         return self._layout(sample, bucket, epoch, position, index), bucket
 
     def _layout(self, sample: EditSample, bucket: int, epoch: int, position: int, index: int) -> TrainItem:
-        canvas, mask = training_diptych(sample.source, sample.target, self.buckets[bucket], cover=self.cover)
+        right = sample.target if self.right_panel == "target" else sample.source
+        canvas, mask = training_diptych(sample.source, right, self.buckets[bucket], cover=self.cover)
         drop = np.random.default_rng(seed_sequence(self.seed, epoch, position, 1)).random() < self.prompt_dropout
         prompt = DROPPED_PROMPT if drop else build_prompt(sample.instruction, self.template)
         seed = sample_seed(self.seed, epoch, position)

@@ -126,13 +126,18 @@ class Trainer:
             self.encoder = FluxPromptEncoder(
                 pipe, max_sequence_length=cfg.max_sequence_length, cache_size=cfg.text_cache_size
             )
-        self.objective = FlowMatchingObjective(
-            pipe,
-            loss_region=cfg.loss_region,
-            loss_weighting=cfg.loss_weighting,
-            edit_weight=cfg.edit_weight,
-            timestep_shift=cfg.timestep_shift,
-        )
+        if cfg.objective == "locate":
+            from .locate import LocatorObjective
+
+            self.objective = LocatorObjective(pipe, positive_weight=cfg.locate_positive_weight)
+        else:
+            self.objective = FlowMatchingObjective(
+                pipe,
+                loss_region=cfg.loss_region,
+                loss_weighting=cfg.loss_weighting,
+                edit_weight=cfg.edit_weight,
+                timestep_shift=cfg.timestep_shift,
+            )
         _check_resolution(cfg.resolution, self.objective.pixel_multiple)
         self.latent_cache = None
         if cfg.cache_dir:
@@ -159,7 +164,8 @@ class Trainer:
             prompt_dropout=cfg.prompt_dropout,
             rank=acc.process_index,
             world_size=acc.num_processes,
-            edit_masks=cfg.loss_weighting == "edit",
+            edit_masks=cfg.loss_weighting == "edit" or cfg.objective == "locate",
+            right_panel="source" if cfg.objective == "locate" else "target",  # a locator never sees the target
         )
         # Decided the same way on every process: validation ends in a barrier all of them must reach.
         self._validating = self.validation is not None or cfg.num_validation > 0
@@ -172,6 +178,10 @@ class Trainer:
         transformer = self.pipe.transformer
         if cfg.adapter == "lora":
             add_lora(transformer, cfg)
+            if cfg.objective == "locate":
+                from .locate import attach_head
+
+                attach_head(transformer)
         else:
             add_moe(transformer, cfg)
             from ..adapters.moe import set_collect_stats
@@ -495,7 +505,12 @@ class Trainer:
                     p.copy_(backup[name])
 
     def _export(self, model: torch.nn.Module, folder: Path) -> Path:
-        """The adapter file in `folder`, plus `task_embedding.safetensors` when task vectors are trained."""
+        """The adapter file in `folder` (a locator's file for objective "locate"), plus
+        `task_embedding.safetensors` when task vectors are trained."""
+        if self.config.objective == "locate":
+            from .locate import export_locator
+
+            return export_locator(model, folder)
         path = export_adapter(model, self.config, folder)
         if self.task_embedding is not None:
             from ..conditioning.task_embedding import TASK_EMBEDDING_FILE, save_task_embedding
@@ -509,7 +524,9 @@ class Trainer:
         """Edit the validation samples with the current adapter; write a grid PNG (source | target | edit)."""
         acc, cfg = self.accelerator, self.config
         path = None
-        if self.is_main and self.validation:
+        if self.is_main and self.validation and cfg.objective == "locate":
+            path = save_image_atomic(self._locator_grid(), self.output / "validation" / f"step-{self.step:07d}.png")
+        elif self.is_main and self.validation:
             from ..editor import Editor, EditRequest
 
             model = self.unwrapped
@@ -535,6 +552,29 @@ class Trainer:
             path = save_image_atomic(grid, self.output / "validation" / f"step-{self.step:07d}.png")
         acc.wait_for_everyone()
         return path
+
+    def _locator_grid(self) -> Image.Image:
+        """Validation of a locator: source | target | the region it predicts (white), one row per sample."""
+        from ..editor import Editor, EditRequest
+        from ..locator import Locator, region_mask
+        from .locate import HEAD_ATTRIBUTE
+
+        model = self.unwrapped
+        editor = Editor(self.pipe, encoder=self.encoder)
+        editor.default_width = self.config.resolution[0]
+        locator = Locator(model, getattr(model, HEAD_ATTRIBUTE))
+        masks = []
+        model.eval()
+        try:
+            for sample in self.validation:  # one at a time: samples may differ in size
+                item = editor.prepare(EditRequest(sample.source, sample.instruction), template=self.config.template)
+                embeds, pooled = self.encoder.encode([item.prompt])
+                with self.accelerator.autocast():
+                    probabilities = locator.probabilities(self.pipe, [item.canvas], [item.fill_mask], embeds, pooled)
+                masks.append(region_mask(probabilities[0], item.panel_source.size).convert("RGB"))
+        finally:
+            model.train()
+        return validation_grid(self.validation, masks)
 
 
 def _vae_multiple(base: str) -> int | None:

@@ -1,0 +1,88 @@
+"""The locator at inference: `mask="auto"` composites the edit inside the predicted region and nowhere else;
+locator files are told from other files; the bench's +locate variants. (Training: tests/train/test_locate.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
+
+from diptych.errors import InputError, WeightsError
+from diptych.locator import Locator, ReferentHead, region_mask
+from diptych.shapes.bench import variant_options
+from diptych.testing import random_image
+
+SIZE = 16  # the tiny model's panel: VAE scale 2, so a token is 4 px and the locator's margin 2 px
+
+
+def constant_locator(tiny_base: str, bias: float) -> Locator:
+    """A locator whose head ignores the image: every token gets the logit `bias`."""
+    head = ReferentHead(32)
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.fill_(bias)
+    return Locator(FluxTransformer2DModel.from_pretrained(tiny_base, subfolder="transformer"), head)
+
+
+@pytest.fixture
+def editor(tiny_base):
+    from diptych.editor import Editor
+
+    editor = Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32")
+    editor.default_width = SIZE
+    return editor
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+def test_auto_mask_edits_inside_the_located_region_and_keeps_every_pixel_outside(tiny_base, editor):
+    source = random_image(SIZE, SIZE, seed=3)
+    plain = pixels(editor.edit(source, "make it red", seed=1, steps=3))
+    # No token above 0.5: the most likely one (all tie: the first, top left), 4 px plus a 2 px margin.
+    editor.use_locator(constant_locator(tiny_base, -5.0))
+    region = np.asarray(editor.locate(source, "make it red")) > 0
+    expected = np.zeros((SIZE, SIZE), bool)
+    expected[:6, :6] = True
+    assert np.array_equal(region, expected)
+    auto = pixels(editor.edit(source, "make it red", seed=1, steps=3, mask="auto", feather=0))
+    assert np.array_equal(auto[~region], pixels(source)[~region])  # outside: the source, bit for bit
+    assert np.array_equal(auto[region], plain[region])  # inside: the edit as sampled without a mask
+    assert np.abs(plain[region] - pixels(source)[region]).mean() > 1  # (so the two checks above can differ)
+    # a feather ramps outside the region, so the region itself is edited in full
+    feathered = pixels(editor.edit(source, "make it red", seed=1, steps=3, mask="auto", feather=2))
+    assert np.array_equal(feathered[region], plain[region])
+    grown = np.zeros_like(expected)
+    grown[:14, :14] = True  # the region dilated by 4 x feather: the ramp's outer edge
+    assert np.array_equal(feathered[~grown], pixels(source)[~grown])
+    # every token above 0.5: the whole panel, the unmasked edit
+    editor.use_locator(constant_locator(tiny_base, 5.0))
+    assert np.array_equal(pixels(editor.edit(source, "make it red", seed=1, steps=3, mask="auto", feather=0)), plain)
+
+
+def test_auto_mask_without_a_locator_says_how_to_get_one(editor):
+    with pytest.raises(InputError, match=r"needs a locator.*--objective locate"):
+        editor.edit(random_image(SIZE, SIZE), "make it red", steps=2, mask="auto")
+
+
+def test_region_mask_thresholds_upsamples_and_dilates():
+    probabilities = np.array([[0.1, 0.9], [0.2, 0.4]])
+    mask = np.asarray(region_mask(probabilities, (8, 8), dilate=1)) > 0
+    expected = np.zeros((8, 8), bool)
+    expected[:5, 3:] = True  # the top-right 4 x 4 token grown by one pixel (inside the image)
+    assert np.array_equal(mask, expected)
+    assert np.asarray(region_mask(probabilities, (8, 8), threshold=0.95, dilate=0))[0, 4] == 255  # the argmax
+
+
+def test_a_file_that_is_not_a_locator_is_refused(tiny_base, tiny_lora, tmp_path):
+    with pytest.raises(WeightsError, match="is not a locator"):
+        Locator.from_pretrained(tiny_base, tiny_lora)
+    with pytest.raises(WeightsError, match="does not exist"):
+        Locator.from_pretrained(tiny_base, tmp_path / "none.safetensors")
+
+
+def test_bench_locate_variants_add_the_auto_mask():
+    assert variant_options("moe+locate") == {"adapter": "moe", "mask": "auto"}
+    assert variant_options("moe+filter+locate") == variant_options("moe+filter") | {"mask": "auto"}
