@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from diffusers import FluxTransformer2DModel
 
 from diptych.errors import InputError, WeightsError
-from diptych.locator import Locator, ReferentHead, region_mask
+from diptych.locator import Locator, region_mask
 from diptych.shapes.bench import variant_options
-from diptych.testing import random_image
+from diptych.testing import constant_locator, random_image
 
 SIZE = 16  # the tiny model's panel: VAE scale 2, so a token is 4 px and the locator's margin 2 px
-
-
-def constant_locator(tiny_base: str, bias: float) -> Locator:
-    """A locator whose head ignores the image: every token gets the logit `bias`."""
-    head = ReferentHead(32)
-    with torch.no_grad():
-        head.proj.weight.zero_()
-        head.proj.bias.fill_(bias)
-    return Locator(FluxTransformer2DModel.from_pretrained(tiny_base, subfolder="transformer"), head)
 
 
 @pytest.fixture

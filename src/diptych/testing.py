@@ -234,6 +234,19 @@ def save_gguf_transformer(transformer: FluxTransformer2DModel, path: str | Path,
     return path
 
 
+def constant_locator(base: str | Path, logit: float):
+    """A `diptych.locator.Locator` on `base`'s transformer whose head gives every token the same `logit` (below 0:
+    the region is the single top-left token; above: the whole panel): a locator whose region tests know."""
+    from .locator import Locator, ReferentHead
+
+    transformer = FluxTransformer2DModel.from_pretrained(base, subfolder="transformer")
+    head = ReferentHead(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.fill_(logit)
+    return Locator(transformer, head)
+
+
 def random_image(width: int, height: int, seed: int = 0):
     """A PIL RGB image of uniform random pixels (reproducible from `seed`)."""
     import numpy as np

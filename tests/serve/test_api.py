@@ -99,6 +99,22 @@ def test_mask_limits_the_edit(make_app, tiny_editor, source_png):
     assert wrong.status_code == 400 and "same size" in wrong.json()["error"]
 
 
+def test_auto_mask_uses_the_editors_locator_and_is_refused_without_one(make_app, tiny_editor, tiny_base, source_png):
+    from diptych.testing import constant_locator
+
+    client = TestClient(make_app())
+    refused = client.post("/v1/edits", files={"image": ("a", source_png)}, data={"instruction": "x", "mask": "auto"})
+    assert refused.status_code == 400 and "--locator" in refused.json()["error"]
+    tiny_editor.use_locator(constant_locator(tiny_base, -5.0))
+    try:
+        response = client.post("/v1/edits", json={"image": base64.b64encode(source_png).decode(), "instruction": "x",
+                                                  "mask": "auto", "seed": 5})  # fmt: skip
+        assert response.status_code == 200, response.text
+        assert np.abs(decode(response.content) - direct(tiny_editor, source_png, "x", seed=5, mask="auto")).max() <= 1
+    finally:
+        tiny_editor.use_locator(None)
+
+
 def test_random_seed_is_echoed(make_app, source_png):
     client = TestClient(make_app())
     response = client.post("/v1/edits?format=json", files={"image": ("a", source_png)}, data={"instruction": "x"})

@@ -38,6 +38,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("diptych.serve")
 
+AUTO_MASK = "auto"  # the mask field's one text value: the region the editor's locator predicts
 EDIT_FIELDS = ("image", "mask", "instruction", "seed", "steps", "guidance", "candidates", "early_steps", "task")
 SESSION_FIELDS = ("image", "threshold", "seed")
 TURN_FIELDS = tuple(f for f in EDIT_FIELDS if f != "image")
@@ -151,6 +152,8 @@ async def read_fields(request: Request, allowed: tuple[str, ...]) -> tuple[dict[
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 files[name] = await value.read()
+            elif name == "mask" and value == AUTO_MASK:
+                fields[name] = value
             elif name in ("image", "mask"):
                 raise InputError(f"send {name!r} as a file part (multipart/form-data), not as a text field")
             else:
@@ -164,7 +167,9 @@ async def read_fields(request: Request, allowed: tuple[str, ...]) -> tuple[dict[
         if not isinstance(payload, dict):
             raise InputError('the JSON body must be an object such as {"image": "<base64>", "instruction": ...}')
         for name, value in payload.items():
-            if name in ("image", "mask"):
+            if name == "mask" and value == AUTO_MASK:
+                fields[name] = value
+            elif name in ("image", "mask"):
                 if value is not None:
                     files[name] = _b64(name, value)
             else:
@@ -226,7 +231,12 @@ async def wait_for(job: EditJob, timeout: float) -> EditResult:
 def _body_doc(fields: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
     types = {
         "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, WEBP, BMP or TIFF"},
-        "mask": {"type": "string", "format": "binary", "description": "white = may change; same size"},
+        "mask": {
+            "type": "string",
+            "format": "binary",
+            "description": "white = may change; same size; or the text 'auto': the region the server's locator "
+            "predicts from the instruction (diptych serve --locator)",
+        },
         "instruction": {"type": "string", "example": "make the sky purple"},
         "seed": {"type": "integer"},
         "steps": {"type": "integer"},
@@ -369,11 +379,20 @@ def _add_routes(app: FastAPI, service: EditService, settings: ServeSettings) -> 
             },
         }
 
+    def _auto_mask(fields: dict[str, Any]) -> str | None:
+        """Take `mask=auto` out of the option fields: "auto" when asked (refused without a locator), else None."""
+        if fields.pop("mask", None) != AUTO_MASK:
+            return None
+        if service.editor.locator is None:
+            raise InputError("mask=auto needs a locator: start the server with --locator FILE")
+        return AUTO_MASK
+
     async def new_job(request: Request) -> EditJob:
         fields, files = await read_fields(request, EDIT_FIELDS)
+        auto = _auto_mask(fields)
         options = service.options(fields)
         image = await run_in_threadpool(load_upload, files.get("image"), settings)
-        mask = await run_in_threadpool(load_upload_mask, files.get("mask"), image.size, settings)
+        mask = auto or await run_in_threadpool(load_upload_mask, files.get("mask"), image.size, settings)
         return service.submit(options, image, mask)
 
     @app.post(
@@ -449,8 +468,9 @@ def _add_routes(app: FastAPI, service: EditService, settings: ServeSettings) -> 
         """Apply one more turn to the session's current image; answers with the new current image."""
         fields, files = await read_fields(request, TURN_FIELDS)
         plan = await run_in_threadpool(service.sessions.plan_turn, session_id)
+        auto = _auto_mask(fields)
         options = service.options(fields, default_seed=plan.default_seed)
-        mask = await run_in_threadpool(load_upload_mask, files.get("mask"), plan.previous.size, settings)
+        mask = auto or await run_in_threadpool(load_upload_mask, files.get("mask"), plan.previous.size, settings)
         result = await wait_for(service.submit(options, plan.previous, mask), settings.timeout_s)
         image = await run_in_threadpool(service.commit, plan, result)
         return await edit_response(request, result, image, {"session": session_id, "turn": plan.index})

@@ -32,6 +32,12 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_speed_options(model)
     model.add_argument("--width", type=int, default=None, help="panel width in pixels (default: the model's)")
     model.add_argument(
+        "--locator",
+        metavar="FILE",
+        default=None,
+        help="locator for mask=auto requests (`diptych train --objective locate`; built-in model: its own, if shipped)",
+    )
+    model.add_argument(
         "--judge",
         default=None,
         help="judge spec for early filtering: shapes (the built-in model's learned judge, offline; the default "
@@ -110,7 +116,7 @@ def load_editor(args: argparse.Namespace):
 
     base = args.base or "shapes"
     try:
-        editor = Editor.from_pretrained(base, args.lora, **model_options(args))
+        editor = Editor.from_pretrained(base, args.lora, locator=args.locator, **model_options(args))
     except WeightsError as err:
         if args.base is None:
             raise WeightsError(f"{err}. To serve another model, pass --base MODEL (a local Fill folder)") from err

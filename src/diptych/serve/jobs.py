@@ -78,7 +78,7 @@ class EditJob:
 
     options: EditOptions
     image: Image.Image
-    mask: Image.Image | None = None
+    mask: Image.Image | str | None = None  # "auto": the editor's locator predicts it
     id: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     created: float = field(default_factory=time.time)
     started: float | None = None
