@@ -29,7 +29,8 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     # import nothing of diptych but `errors`
     ("foundation", frozenset({"errors", "files", "hub", "cli_options", "devices", "specs"})),
     # images, layout, prompts, text encoders, the sampling loop, adapters, checkpoints, Emu Edit's
-    # conditioning (task embeddings, task predictor, thresholding), the built-in ShapesEdit world and models
+    # conditioning (task embeddings, task predictor, thresholding), the locator (mask="auto"), the built-in
+    # ShapesEdit world and models
     (
         "core",
         frozenset(
@@ -39,6 +40,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "prompts",
                 "encoders",
                 "sampler",
+                "locator",
                 "adapters",
                 "checkpoints",
                 "conditioning",

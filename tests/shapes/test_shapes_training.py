@@ -136,7 +136,7 @@ def test_the_shipped_adapter_recipes_are_valid_configs():
     configs = {p.stem: build_config(p) for p in sorted(folder.glob("*.yaml"))}
     # (the shipped adapters are these runs resumed to 4800 steps; no config resumes a checkpoint that a new
     # user does not have: tests/train/test_example_configs.py runs each one)
-    assert set(configs) == {"moe", "lora", "moe-noinvert", "probe-recolor", "moe-edit"}
+    assert set(configs) == {"moe", "lora", "moe-noinvert", "probe-recolor", "moe-edit", "locator"}
     assert configs["moe"].adapter == "moe" and configs["moe"].task_embedding and configs["moe"].gate == "learned"
     assert configs["lora"].adapter == "lora" and configs["lora"].rank == 64
     assert all(config.resume is None for config in configs.values())
@@ -148,4 +148,7 @@ def test_the_shipped_adapter_recipes_are_valid_configs():
     rung3 = configs["moe-edit"]
     assert rung3.adapter == "moe" and rung3.task_embedding and rung3.gate == "learned"
     assert rung3.lora_targets == probe.lora_targets and rung3.loss_weighting == "edit" and rung3.edit_weight == 30
+    # the locator for `--mask auto` (docs/training.md, "Locators"): the probe's LoRA layout, a plain LoRA
+    locator = configs["locator"]
+    assert locator.objective == "locate" and locator.adapter == "lora" and locator.lora_targets == probe.lora_targets
     assert rung3.batch_size == 8 and rung3.timestep_shift == probe.timestep_shift
