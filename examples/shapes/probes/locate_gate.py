@@ -108,9 +108,9 @@ editor = Editor.from_pretrained(base, adapter=variant_options(adapter)["adapter"
 true_masks = [mask_image(edit_region(c.edit, SIZE)) for c in cases]
 unmasked = editor.edit_many([EditRequest(c.source, c.instruction, 0) for c in cases], steps=28, batch_size=16)
 report("unmasked", unmasked)
-report("true region, as the editor's mask (blended while sampling)", editor.edit_many(
+report("true region, as the editor's mask (blended while sampling, feather 0)", editor.edit_many(
     [EditRequest(c.source, c.instruction, 0, mask=m) for c, m in zip(cases, true_masks, strict=True)],
-    steps=28, batch_size=16,
+    steps=28, batch_size=16, feather=0,  # the default 3 px inward feather eats small objects (docs/shapes.md)
 ))  # fmt: skip
 report(f"true region (+{dilate} px), composited after", composite(unmasked, true_masks))
 if locator_file == "none":
