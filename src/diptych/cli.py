@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .cli_options import BASE_HELP, add_model_options, add_speed_options, is_builtin_base, model_options, run_guarded
 from .errors import DiptychError, InputError
+from .images import AUTO_MASK
 
 DEFAULT_EARLY_STEPS = 10  # the paper's: 10 early steps per candidate (clamped to --steps when not given)
 
@@ -214,12 +215,17 @@ def run_edit(args: argparse.Namespace) -> int:
         try:
             validate_instruction(job.instruction)
             size = load_image(job.image).size
-            if job.mask is not None and job.mask != "auto":
+            if job.mask is not None and job.mask != AUTO_MASK:
                 load_mask(job.mask, size=size)
         except DiptychError as err:
             raise type(err)(f"{where}{err}") from err
-    if any(job.mask == "auto" for job in jobs) and args.locator is None and not _ships_locator(args.base):
-        raise InputError("--mask auto needs a locator: --locator FILE (train one: diptych train --objective locate)")
+    if any(job.mask == AUTO_MASK for job in jobs) and args.locator is None:
+        from .shapes_core.models import resolve_locator
+
+        if resolve_locator(args.base or "") is None:
+            raise InputError(
+                "--mask auto needs a locator: --locator FILE (train one: diptych train --objective locate)"
+            )
     judge = None
     if args.early_steps is None:  # the default never exceeds --steps; an explicit value is checked below
         args.early_steps = min(DEFAULT_EARLY_STEPS, args.steps)
@@ -332,15 +338,6 @@ def _early_filter_call(editor, job: BatchJob, judge, args: argparse.Namespace, p
         save_candidates=args.save_candidates,
         progress=progress,
     )
-
-
-def _ships_locator(base: str | None) -> bool:
-    """Whether `base` is a built-in model with a locator in its folder (the default of --mask auto)."""
-    if base is None or not is_builtin_base(base):
-        return False
-    from .shapes_core.models import resolve_locator
-
-    return resolve_locator(base) is not None
 
 
 def _edit_options(args: argparse.Namespace) -> dict:
@@ -486,7 +483,7 @@ def read_batch(path: Path, out_dir: Path, *, overwrite: bool = False) -> list[Ba
             image=str(path.parent / row["image"]),
             instruction=row["instruction"],
             seed=row.get("seed", 42),
-            mask=str(path.parent / mask) if mask and mask != "auto" else mask or None,
+            mask=str(path.parent / mask) if mask and mask != AUTO_MASK else mask or None,
             output=out_dir / name,
             line=number,
         )

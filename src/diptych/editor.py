@@ -21,7 +21,7 @@ from . import canvas as cv
 from .devices import default_device, default_dtype  # noqa: F401  (public names kept importable from here)
 from .encoders import FluxPromptEncoder, PromptEncoder
 from .errors import DiptychError, InputError, WeightsError
-from .images import load_image, load_mask, validate_instruction
+from .images import AUTO_MASK, load_image, load_mask, validate_instruction
 from .loading import (  # noqa: F401  (DEFAULT_BASE, OFFLOAD_MODES: public names kept importable from here)
     DEFAULT_BASE,
     OFFLOAD_MODES,
@@ -170,7 +170,7 @@ class Editor:
             from .conditioning.task_embedding import load_task_embedding
 
             editor.use_task_embedding(load_task_embedding(model.task_embedding_file))
-        if locator is None and model.builtin:
+        if locator is None:
             from .shapes_core.models import resolve_locator
 
             locator = resolve_locator(str(base))
@@ -285,7 +285,7 @@ class Editor:
     def locate(self, image: ImageInput, instruction: str, *, width: int | None = None, template: str | None = None):
         """The region of `image` that `instruction` names, as the locator predicts it: an 'L' mask at the image's
         size (white = edit here), what `mask="auto"` composites the edit inside."""
-        return self.prepare(EditRequest(image, instruction, mask="auto"), width=width, template=template).mask
+        return self.prepare(EditRequest(image, instruction, mask=AUTO_MASK), width=width, template=template).mask
 
     def _located_mask(self, canvas: Image.Image, fill_mask: Image.Image, prompt: str, panel: cv.PanelSize):
         if self.locator is None:
@@ -434,7 +434,7 @@ class Editor:
         panel_source = cv.fit_panel(source, panel)
         canvas, fill_mask = cv.compose_diptych(panel_source)
         mask = keep_grid = None
-        located = isinstance(request.mask, str) and request.mask == "auto"
+        located = isinstance(request.mask, str) and request.mask == AUTO_MASK
         if located:
             located_panel = self._located_mask(canvas, fill_mask, build_prompt(instruction, template), panel)
             mask = located_panel.resize(source.size, Image.Resampling.NEAREST)

@@ -572,6 +572,11 @@ def image_from_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what:
     return load_image(bytes(data), max_pixels=max_pixels, what=what)
 
 
+#: The one text value a mask may take instead of an image: the region the editor's locator predicts
+#: (`Editor.edit(mask=AUTO_MASK)`, `diptych edit --mask auto`, the API's `mask=auto`).
+AUTO_MASK = "auto"
+
+
 def load_mask(
     src: ImageSource,
     *,

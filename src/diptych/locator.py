@@ -84,12 +84,12 @@ def referent_logits(
     lat_h, lat_w = latent_size
     image_ids = FluxFillPipeline._prepare_latent_image_ids(None, lat_h // 2, lat_w // 2, device, dtype)
     text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=device, dtype=dtype)
-    config = getattr(transformer, "config", None) or transformer.module.config  # DDP wraps the model
-    with captured_image_stream(_unwrap(transformer)) as captured:
+    model = getattr(transformer, "module", transformer)  # DDP wraps the model
+    with captured_image_stream(model) as captured:
         transformer(
             hidden_states=torch.cat((x_t, condition.to(dtype)), dim=2),
             timestep=torch.full((batch,), timestep, device=device, dtype=dtype),
-            guidance=torch.full((batch,), guidance, device=device) if config.guidance_embeds else None,
+            guidance=torch.full((batch,), guidance, device=device) if model.config.guidance_embeds else None,
             pooled_projections=pooled_prompt_embeds.to(dtype),
             encoder_hidden_states=prompt_embeds.to(dtype),
             txt_ids=text_ids,
@@ -97,10 +97,6 @@ def referent_logits(
             return_dict=False,
         )
     return head(captured["hidden"])
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
 
 
 def source_panel(tokens: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:

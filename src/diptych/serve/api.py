@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import DiptychError, InputError
+from ..images import AUTO_MASK
 from .jobs import EditJob, EditResult
 from .service import EditService, timeout_error
 from .sessions import png_bytes
@@ -38,7 +39,6 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("diptych.serve")
 
-AUTO_MASK = "auto"  # the mask field's one text value: the region the editor's locator predicts
 EDIT_FIELDS = ("image", "mask", "instruction", "seed", "steps", "guidance", "candidates", "early_steps", "task")
 SESSION_FIELDS = ("image", "threshold", "seed")
 TURN_FIELDS = tuple(f for f in EDIT_FIELDS if f != "image")

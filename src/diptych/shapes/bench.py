@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DiptychError
+from ..images import AUTO_MASK
 from ..shapes_core.dataset import load_dataset, sample_edit
 from ..shapes_core.edits import Edit, judge_edit
 from ..shapes_core.world import render as render_image
@@ -52,7 +53,7 @@ def variant_options(name: str) -> dict[str, Any]:
     """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`); `+locate` on either
     adds the locator's mask."""
     if name.endswith(LOCATE_SUFFIX):
-        return variant_options(name.removesuffix(LOCATE_SUFFIX)) | {"mask": "auto"}
+        return variant_options(name.removesuffix(LOCATE_SUFFIX)) | {"mask": AUTO_MASK}
     if name in VARIANTS:
         return VARIANTS[name]
     path, filtered = (name.removesuffix("+filter"), True) if name.endswith("+filter") else (name, False)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
 
+from ..cli_options import is_builtin_base
 from ..errors import WeightsError
 from ..sampler import FLUX_SCHEDULER_CONFIG
 
@@ -130,7 +131,9 @@ LOCATOR_FILE = "adapters/locator.safetensors"
 
 
 def resolve_locator(base: str) -> Path | None:
-    """The locator shipped in a ShapesEdit model's folder, or None when there is none."""
+    """The locator shipped in a ShapesEdit model's folder; None when there is none or `base` is another model."""
+    if not is_builtin_base(base):
+        return None
     path = resolve_folder(base) / LOCATOR_FILE
     return path if path.is_file() else None
 
