@@ -75,3 +75,21 @@ def test_a_file_that_is_not_a_locator_is_refused(tiny_base, tiny_lora, tmp_path)
 def test_bench_locate_variants_add_the_auto_mask():
     assert variant_options("moe+locate") == {"adapter": "moe", "mask": "auto"}
     assert variant_options("moe+filter+locate") == variant_options("moe+filter") | {"mask": "auto"}
+    assert variant_options("lora+true-region") == {"adapter": "lora", "mask": "true-region", "feather": 0}
+
+
+def test_the_true_region_variant_gives_each_edit_its_own_region_unfeathered():
+    from diptych.shapes.bench import run_variant, val_cases
+    from diptych.shapes_core.edits import edit_region
+
+    class Recorder:  # an editor that returns the source and keeps what it was asked
+        def edit_many(self, requests, **options):
+            self.requests, self.options = list(requests), options
+            return [r.image for r in self.requests]
+
+    editor, cases = Recorder(), val_cases(1, ops=["recolor", "remove"])
+    rows = run_variant(editor, cases, variant_options("lora+true-region"), steps=2, seed=0, batch_size=4)
+    assert editor.options["feather"] == 0 and len(rows) == 2
+    for request, case in zip(editor.requests, cases, strict=True):
+        assert np.array_equal(np.asarray(request.mask) > 0, edit_region(case.edit, case.source.size[0]))
+    assert not any(row["success"] for row in rows)  # the source back is no edit

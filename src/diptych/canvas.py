@@ -16,6 +16,11 @@ from PIL import Image, ImageFilter
 
 from .errors import InputError
 
+#: What a Fill mask covers: the whole right panel (ICEdit) or only the edit's region, the source around it.
+FILL_REGIONS = ("panel", "edit")
+#: What the Fill condition shows under the mask: zeros (FLUX.1 Fill) or the source (`sampler.masked_canvas`).
+MASKED_CONTENTS = ("zero", "source")
+
 #: Canvas pixel budget (2W x H): a 1024 x 1024 edit fits; larger needs `max_canvas_pixels` raised.
 DEFAULT_MAX_CANVAS_PIXELS = 2 * 1024 * 1024
 
@@ -78,6 +83,15 @@ def compose_diptych(panel_image: Image.Image) -> tuple[Image.Image, Image.Image]
     mask = Image.new("L", (2 * w, h), 0)
     mask.paste(255, (w, 0, 2 * w, h))
     return canvas, mask
+
+
+def region_fill_mask(region: Image.Image) -> Image.Image:
+    """The Fill mask of a located edit: white only on `region` (an 'L' mask of one panel) in the right panel, so
+    the rest of the right panel shows the source to the model, as in the inpainting FLUX.1 Fill was trained for."""
+    w, h = region.size
+    mask = Image.new("L", (2 * w, h), 0)
+    mask.paste(region.convert("L"), (w, 0))
+    return mask
 
 
 def crop_right(canvas: Image.Image) -> Image.Image:

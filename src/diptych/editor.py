@@ -30,6 +30,7 @@ from .loading import (  # noqa: F401  (DEFAULT_BASE, OFFLOAD_MODES: public names
     load_fill_pipeline,
     unfuse_adapter,
 )
+from .locator import region_mask, token_region
 from .prompts import build_prompt, resolve_template
 from .sampler import FillSampler, FillState
 from .speed import CacheMode
@@ -88,11 +89,18 @@ class Editor:
         default_width: int = 512,
         max_canvas_pixels: int = cv.DEFAULT_MAX_CANVAS_PIXELS,
         cache: CacheMode | str | None = None,
+        fill_region: str = "panel",
+        masked_content: str = "zero",
     ):
+        if fill_region not in cv.FILL_REGIONS:
+            raise InputError(f"fill_region must be one of {', '.join(cv.FILL_REGIONS)}, got {fill_region!r}")
+        if masked_content not in cv.MASKED_CONTENTS:
+            raise InputError(f"masked_content must be one of {', '.join(cv.MASKED_CONTENTS)}, got {masked_content!r}")
         check_fill_transformer(pipe.transformer.config, pipe.vae.config, where="this pipeline")
         self.pipe = pipe
         self.encoder: PromptEncoder = encoder or FluxPromptEncoder(pipe)
-        self.sampler = FillSampler(pipe, cache=cache)
+        # what the Fill condition shows under the mask, as the adapter was trained (`sampler.masked_canvas`)
+        self.sampler = FillSampler(pipe, cache=cache, masked_content=masked_content)
         self.default_width = default_width
         self.max_canvas_pixels = max_canvas_pixels
         self.adapter_kind: str | None = None  # "lora" or "moe" once an adapter is loaded
@@ -101,6 +109,9 @@ class Editor:
         self.task_embedding: TaskEmbedding | None = None  # see use_task_embedding
         self.task_predictor = None
         self.locator: Locator | None = None  # see use_locator; needed by mask="auto"
+        # "edit": a mask (the user's or the located region) is the Fill mask itself, the source around it, as the
+        # adapter was trained (`diptych train --fill-region edit`); "panel": the whole right panel is filled
+        self.fill_region = fill_region
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -160,7 +171,14 @@ class Editor:
             compile=compile,
             gguf=gguf,
         )
-        editor = cls(model.pipe, encoder=model.encoder, default_width=model.default_width, cache=cache)
+        editor = cls(
+            model.pipe,
+            encoder=model.encoder,
+            default_width=model.default_width,
+            cache=cache,
+            fill_region=model.fill_region,
+            masked_content=model.masked_content,
+        )
         editor.adapter_kind, editor.adapter_fused, editor.quantized = (
             model.adapter_kind,
             model.adapter_fused,
@@ -293,8 +311,6 @@ class Editor:
                 "mask='auto' needs a locator: Editor.from_pretrained(..., locator=FILE) (CLI: --locator FILE); "
                 "train one with `diptych train --objective locate`"
             )
-        from .locator import region_mask
-
         embeds, pooled = self.encoder.encode([prompt])
         probabilities = self.locator.probabilities(self.pipe, [canvas], [fill_mask], embeds, pooled)[0]
         token = 2 * self.sampler.vae_scale  # pixels per token: the locator's resolution
@@ -334,7 +350,11 @@ class Editor:
         `mask` (white = may change) restricts the edit: latents outside it are blended back to the source
         at every step, and the final image takes the source's pixels outside the mask exactly. `mask="auto"`:
         the region the editor's locator predicts from the instruction (`use_locator`), composited after
-        sampling only (the edit inside it, the source's pixels outside; `locate` returns the region).
+        sampling only (the edit inside it, the source's pixels outside; `locate` returns the region). With an
+        adapter trained to fill edit regions (`fill_region == "edit"`), the mask — snapped to whole tokens
+        with half a token of margin, as in training — is the Fill mask itself: only it is generated, the
+        source showing around it; without a mask, such an adapter edits the located region when the editor
+        has a locator (the whole panel, which it was not trained for, when not).
 
         With `candidates` > 1, early filtering: seeds `seed .. seed + candidates - 1` run `early_steps`
         steps together, `judge` (a judge object or a spec such as "clip" or "python:mod:fn") picks one from
@@ -434,16 +454,24 @@ class Editor:
         panel_source = cv.fit_panel(source, panel)
         canvas, fill_mask = cv.compose_diptych(panel_source)
         mask = keep_grid = None
-        located = isinstance(request.mask, str) and request.mask == AUTO_MASK
+        requested = request.mask
+        if requested is None and self.fill_region == "edit" and self.locator is not None:
+            requested = AUTO_MASK  # an adapter trained on regions gets one: the located region
+        located = isinstance(requested, str) and requested == AUTO_MASK
         if located:
-            located_panel = self._located_mask(canvas, fill_mask, build_prompt(instruction, template), panel)
-            mask = located_panel.resize(source.size, Image.Resampling.NEAREST)
-        elif request.mask is not None:
-            mask = load_mask(request.mask, size=source.size)
-            cell = self.sampler.vae_scale  # pixels per latent cell
-            rows, cols = panel.height // cell, panel.width // cell
-            right = cv.keep_map(cv.fit_mask(mask, (panel.width, panel.height)), (cols, rows))
-            keep_grid = np.concatenate([np.zeros_like(right), right], axis=1)
+            region = self._located_mask(canvas, fill_mask, build_prompt(instruction, template), panel)
+            mask = region.resize(source.size, Image.Resampling.NEAREST)
+        elif requested is not None:
+            mask = load_mask(requested, size=source.size)
+            region = cv.fit_mask(mask, (panel.width, panel.height))
+            if self.fill_region == "panel":
+                cell = self.sampler.vae_scale  # pixels per latent cell
+                right = cv.keep_map(region, (panel.width // cell, panel.height // cell))
+                keep_grid = np.concatenate([np.zeros_like(right), right], axis=1)
+            else:
+                region = token_region(region, 2 * self.sampler.vae_scale)
+        if mask is not None and self.fill_region == "edit":
+            fill_mask = cv.region_fill_mask(region)
         return PreparedEdit(
             source=source,
             panel_source=panel_source,

@@ -45,6 +45,8 @@ class FillModel:
     task_embedding_file: Path | None = None
     quantized: str | None = None  # the --quantize mode, when the weights are quantized
     adapter_fused: bool = False  # the built-in adapter's plain-LoRA layers are folded in at load
+    fill_region: str = "panel"  # "edit": the adapter was trained to fill an edit's region only (canvas.py)
+    masked_content: str = "zero"  # "source": it was trained seeing the source under the mask (sampler.py)
 
 
 def load_fill_pipeline(
@@ -152,9 +154,9 @@ def load_fill_pipeline(
         if isinstance(module, torch.nn.Module):
             module.eval()
 
-    adapter_kind = None
+    loaded = None
     if adapter is not None:
-        adapter_kind = load_adapter(
+        loaded = load_adapter(
             pipe, adapter, scale=adapter_scale, local_files_only=local_files_only, moe_dispatch=moe_dispatch
         )
     _quantize(pipe, quantize)  # on the CPU, before the move
@@ -169,7 +171,14 @@ def load_fill_pipeline(
     if compile:
         pipe.transformer.compile_repeated_blocks()
     encoder = FluxPromptEncoder(pipe, max_sequence_length=max_sequence_length)
-    return FillModel(pipe, encoder, adapter_kind=adapter_kind, quantized=quantized)
+    return FillModel(
+        pipe,
+        encoder,
+        adapter_kind=loaded and loaded.kind,
+        quantized=quantized,
+        fill_region=loaded.fill_region if loaded else "panel",
+        masked_content=loaded.masked_content if loaded else "zero",
+    )
 
 
 def fuse_adapter(pipe: FluxFillPipeline, kind: str) -> None:
@@ -226,9 +235,9 @@ def _load_shapes(
     pipe = shapes_models.load_pipeline(folder, dtype=dtype, transformer=transformer)
     name = None if adapter is None else str(adapter)
     adapter_path = shapes_models.resolve_adapter(folder, name)
-    adapter_kind = None
+    loaded = None
     if adapter_path is not None:
-        adapter_kind = load_adapter(pipe, adapter_path, scale=adapter_scale, moe_dispatch=moe_dispatch)
+        loaded = load_adapter(pipe, adapter_path, scale=adapter_scale, moe_dispatch=moe_dispatch)
     pipe.to(device)
     encoder = MiniLMPromptEncoder.from_pretrained(
         max_length=shapes_models.TEXT_TOKENS, device=device, **shapes_models.text_encoder_options(folder)
@@ -236,10 +245,12 @@ def _load_shapes(
     return FillModel(
         pipe,
         encoder,
-        adapter_kind=adapter_kind,
         default_width=shapes_models.PANEL,
         builtin=True,
         task_embedding_file=shapes_models.resolve_task_embedding(folder, name),
+        adapter_kind=loaded and loaded.kind,
+        fill_region=loaded.fill_region if loaded else "panel",
+        masked_content=loaded.masked_content if loaded else "zero",
     )
 
 

@@ -32,6 +32,8 @@ from .errors import WeightsError
 #: The noise level the locator reads its input at: high, so the clean source barely shows through the noise
 #: and training (where the right panel holds the target) and inference (the source) look alike.
 LOCATE_TIMESTEP = 0.95
+#: A token is in an edit's region when at least this share of its pixels is (a token is 8 px on ShapesEdit).
+REGION_SHARE = 0.3
 #: The head's parameters in a locator file, beside the LoRA's diffusers keys (`transformer.*`).
 HEAD_PREFIX = "referent_head."
 #: The metadata key that marks a locator file; its value is JSON of the locator's options ({"timestep": ...}).
@@ -119,6 +121,20 @@ def region_mask(
     if dilate > 0:
         mask = mask.filter(ImageFilter.MaxFilter(2 * dilate + 1))
     return mask
+
+
+def token_region(mask: Image.Image, token: int, *, share: float = REGION_SHARE) -> Image.Image:
+    """The region a locator marks for an edit mask (one panel, 'L', white = changed), as `region_mask` draws it:
+    whole tokens holding at least `share` of the mask's pixels, plus every masked pixel (nothing the edit changes
+    is left outside), dilated by half a token. What an adapter trained with `fill_region: edit` fills."""
+    pixels = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    h, w = pixels.shape
+    if w % token or h % token:
+        raise ValueError(f"a {w}x{h} mask is not a whole number of {token}-pixel tokens")
+    shares = pixels.reshape(h // token, token, w // token, token).mean(axis=(1, 3))
+    chosen = np.kron(shares >= share, np.ones((token, token), dtype=bool)) | (pixels > 0)
+    region = Image.fromarray(chosen.astype(np.uint8) * 255)
+    return region.filter(ImageFilter.MaxFilter(2 * (token // 2) + 1))
 
 
 class Locator:

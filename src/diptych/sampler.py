@@ -30,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from safetensors.torch import load_file, save
 
+from .canvas import MASKED_CONTENTS
 from .errors import InputError
 from .files import write_atomic
 from .speed import CacheMode
@@ -142,6 +143,20 @@ class FillState:
         return cls(**{k: v for k, v in tensors.items() if k in names}, **json.loads(meta_text))
 
 
+def masked_canvas(canvas: torch.Tensor, fill: torch.Tensor, content: str = "zero") -> torch.Tensor:
+    """The pixels the Fill condition encodes, from preprocessed (B, 3, H, 2W) canvases and (B, 1, H, 2W) masks:
+    "zero" blanks the region to fill (FLUX.1 Fill, ICEdit); "source" shows the source (the left panel) in both
+    panels, so the mask channel marks what may change while its old content stays visible token by token, as
+    InstructPix2Pix concatenates the source image (an adapter trained so: `diptych train --masked-content source`).
+    """
+    if content not in MASKED_CONTENTS:
+        raise InputError(f"masked content must be one of {', '.join(MASKED_CONTENTS)}, got {content!r}")
+    if content == "zero":
+        return canvas * (1 - fill)
+    left = canvas[..., : canvas.shape[-1] // 2]
+    return torch.cat((left, left), dim=-1)
+
+
 class FillSampler:
     """Runs FLUX.1 Fill sampling on prepared diptychs, one explicit step at a time.
 
@@ -149,9 +164,10 @@ class FillSampler:
     hooks for every step; see `_use_cache` for how its state is kept to one run.
     """
 
-    def __init__(self, pipe: FluxFillPipeline, *, cache: CacheMode | str | None = None):
+    def __init__(self, pipe: FluxFillPipeline, *, cache: CacheMode | str | None = None, masked_content: str = "zero"):
         self.pipe = pipe
         self.cache = cache
+        self.masked_content = masked_content  # what the condition shows under the mask (`masked_canvas`)
         self._cache_key: tuple | None = None  # (mode, steps) the transformer's hooks were made for
         self._last_state: FillState | None = None  # the state the last step returned
         self._timestep = 1000.0
@@ -238,7 +254,7 @@ class FillSampler:
         latents = pipe._pack_latents(torch.cat(noise), batch, lc, lat_h, lat_w)
 
         fill = pipe.mask_processor.preprocess(list(fill_masks), height=height, width=width)
-        masked = (init * (1 - fill)).to(device=device, dtype=dtype)
+        masked = masked_canvas(init, fill, self.masked_content).to(device=device, dtype=dtype)
         mask, masked_latents = pipe.prepare_mask_latents(
             fill, masked, batch, lc, 1, height, width, dtype, device, generators
         )

@@ -136,7 +136,8 @@ def test_the_shipped_adapter_recipes_are_valid_configs():
     configs = {p.stem: build_config(p) for p in sorted(folder.glob("*.yaml"))}
     # (the shipped adapters are these runs resumed to 4800 steps; no config resumes a checkpoint that a new
     # user does not have: tests/train/test_example_configs.py runs each one)
-    assert set(configs) == {"moe", "lora", "moe-noinvert", "probe-recolor", "moe-edit", "locator"}
+    expected = {"moe", "lora", "moe-noinvert", "probe-recolor", "moe-edit", "locator", "moe-located", "lora-located"}
+    assert set(configs) == expected
     assert configs["moe"].adapter == "moe" and configs["moe"].task_embedding and configs["moe"].gate == "learned"
     assert configs["lora"].adapter == "lora" and configs["lora"].rank == 64
     assert all(config.resume is None for config in configs.values())
@@ -152,3 +153,9 @@ def test_the_shipped_adapter_recipes_are_valid_configs():
     locator = configs["locator"]
     assert locator.objective == "locate" and locator.adapter == "lora" and locator.lora_targets == probe.lora_targets
     assert rung3.batch_size == 8 and rung3.timestep_shift == probe.timestep_shift
+    # located edits (docs/shapes.md, "Fill only the region"): rung 3 filling only each edit's region, and its
+    # plain-LoRA counterpart with about as many trainable parameters
+    located, plain = configs["moe-located"], configs["lora-located"]
+    assert located.fill_region == plain.fill_region == "edit" and located.task_embedding and not plain.task_embedding
+    assert located.lora_targets == plain.lora_targets == probe.lora_targets and (located.rank, plain.rank) == (32, 48)
+    assert {c.max_steps for c in (located, plain)} == {12000} and located.data == plain.data

@@ -87,6 +87,9 @@ def test_cached_encoding_draws_the_same_latents_and_reads_from_disk(pipe, tmp_pa
     # the entry is the posterior, not a draw: other generators give other latents from the same entry
     other = objective.encode(canvases[:1], masks[:1], gens(9), device=CPU, dtype=torch.float32, cache=reopened)
     assert not torch.allclose(other.x0, plain.x0[:1])
+    # the source under the mask is another condition: its own entries; FLUX.1 Fill's keys are unchanged
+    assert reopened.keys(canvases, masks, "source") != reopened.keys(canvases, masks)
+    assert reopened.keys(canvases, masks, "zero") == reopened.keys(canvases, masks)
     # another VAE gets its own namespace
     other_vae = build_tiny_fill_pipeline(seed=4).vae
     assert LatentCache(tmp_path, other_vae).store.folder != reopened.store.folder

@@ -54,6 +54,10 @@ def test_yaml_then_command_line(tmp_path):
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"template": "no placeholder"}, "instruction"),
         ({"resolution": "big"}, "WIDTHxHEIGHT"),
+        ({"fill_region": "box"}, "fill_region must be one of"),
+        ({"masked_content": "noise"}, "masked_content must be one of"),
+        ({"objective": "locate", "fill_region": "edit"}, "a locator reads the canvas the editor builds"),
+        ({"objective": "locate", "masked_content": "source"}, "a locator reads the canvas the editor builds"),
     ],
 )
 def test_bad_options_name_the_problem(options, message):
@@ -74,3 +78,9 @@ def test_cli_errors_are_one_line_with_exit_code_2(capsys, tmp_path):
         main(["--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "accelerate launch" in out and "--lora" in out
+
+
+def test_the_fill_layout_is_part_of_the_adapter_signature_only_when_not_the_default():
+    assert TrainConfig(fill_region="edit").adapter_signature()["fill_region"] == "edit"
+    assert TrainConfig(masked_content="source").adapter_signature()["masked_content"] == "source"
+    assert not {"fill_region", "masked_content"} & set(TrainConfig().adapter_signature())

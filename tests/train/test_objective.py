@@ -52,6 +52,23 @@ def test_condition_is_the_samplers_and_x0_is_a_posterior_sample(pipe, embeds):
     assert (share[:, :4] == 0).all() and (share[:, 4:] == 1).all()
 
 
+def test_with_the_source_under_the_mask_training_conditions_as_sampling_does(pipe, embeds):
+    """`masked_content="source"`: the training canvas holds the target on the right, yet its condition is the
+    sampler's on the inference canvas (the source in both panels) — the target never shows."""
+    source, target = random_image(16, 12, seed=1), random_image(16, 12, seed=2)
+    canvas, mask = compose_diptych(source)
+    sampler = FillSampler(pipe, masked_content="source")
+    state = sampler.prepare([canvas], [mask], embeds[0][:1], embeds[1][:1], seeds=[5], steps=2, guidance=1.0)
+    (gen,) = gens(5)
+    randn_tensor((1, 4, 6, 16), generator=gen)
+    trained, _ = training_diptych(source, target, PanelSize(16, 12))
+    objective = FlowMatchingObjective(pipe, masked_content="source")
+    encoded = objective.encode([trained], [mask], [gen], device=CPU, dtype=torch.float32)
+    assert torch.allclose(encoded.condition, state.condition, atol=1e-6)
+    zeroed = FillSampler(pipe).prepare([canvas], [mask], embeds[0][:1], embeds[1][:1], seeds=[5], steps=2, guidance=1.0)
+    assert not torch.allclose(zeroed.condition, state.condition, atol=1e-3)
+
+
 class Oracle(torch.nn.Module):
     """Returns the true velocity (x_t - x0) / t on the tokens where `where` is True, zeros elsewhere."""
 

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from diptych.canvas import PanelSize
 from diptych.prompts import build_prompt
@@ -141,3 +142,31 @@ def test_a_dataset_without_usable_samples_stops_with_the_reasons():
     with pytest.raises(DataError, match="fewer than"):
         stream(Blocks([1]), world_size=2)
     assert [s.instruction for s in first_samples(Blocks([5], bad={0, 2}), 2)] == ["edit 1", "edit 3"]
+
+
+class OneCornerChanged(EditDataset):
+    """8 x 8 samples whose target differs from the source in the top-left 3 x 3 pixels only."""
+
+    def __len__(self):
+        return 4
+
+    def read(self, index, rng=None):
+        source = random_image(8, 8, seed=index)
+        target = np.asarray(source).copy()
+        target[:3, :3] = 255 - target[:3, :3]
+        return EditSample(source, f"edit {index}", Image.fromarray(target))
+
+
+def test_an_edit_fill_region_masks_the_changed_tokens_and_half_a_token_around_them():
+    for item in stream(OneCornerChanged(), fill_region="edit", token=4).next_batch():
+        fill = np.asarray(item.fill_mask) > 0
+        assert not fill[:, :8].any()  # the source panel is never masked
+        expected = np.zeros((8, 8), bool)
+        expected[:6, :6] = True  # the changed token (4 px) grown by half a token (2 px)
+        assert np.array_equal(fill[:, 8:], expected)
+        canvas = np.asarray(item.canvas).astype(int)
+        changed = np.abs(canvas[:, 8:] - canvas[:, :8]).max(-1) > 0
+        assert changed.any() and not (changed & ~fill[:, 8:]).any()  # nothing changed shows in the condition
+    assert stream(OneCornerChanged()).next_batch()[0].fill_mask.getextrema() == (0, 255)  # "panel": the right half
+    with pytest.raises(ValueError, match="fill_region must be one of"):
+        stream(OneCornerChanged(), fill_region="box")

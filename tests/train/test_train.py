@@ -391,3 +391,27 @@ def test_qk_norms_that_do_not_fit_the_model_are_refused(tiny_base):
     with pytest.raises(WeightsError, match="no attention norm"):
         load_qk_norms(transformer, {"transformer.transformer_blocks.99.attn.norm_q.weight": torch.ones_like(gain)})
     assert torch.equal(gain, qk_norm_parameters(transformer)[name])  # nothing copied
+
+
+def test_a_fill_layout_adapter_records_it_and_the_editor_lays_out_edits_so(tiny_base, tmp_path, make_pairs, fast):
+    from safetensors import safe_open
+
+    from diptych.adapters.load import FILL_REGION_KEY, MASKED_CONTENT_KEY
+    from diptych.editor import Editor
+
+    options = {**fast, "optimizer": "adamw", "lr": 1e-2, "max_steps": 2, "batch_size": 2}
+    options |= {"num_validation": 1, "validation_steps": 2, "validate_every": 2}
+    config = TrainConfig(
+        base=tiny_base,
+        data=str(make_pairs(tmp_path / "pairs", 2)),
+        output=str(tmp_path / "run"),
+        fill_region="edit",
+        masked_content="source",
+        **options,
+    )
+    result = Trainer(config, show_progress=False).train()
+    with safe_open(str(result.adapter), framework="pt") as f:
+        assert (f.metadata()[FILL_REGION_KEY], f.metadata()[MASKED_CONTENT_KEY]) == ("edit", "source")
+    assert (tmp_path / "run/validation/step-0000002.png").is_file()  # validated with the samples' own regions
+    editor = Editor.from_pretrained(tiny_base, adapter=str(result.adapter), device="cpu", dtype="fp32")
+    assert (editor.fill_region, editor.sampler.masked_content) == ("edit", "source")

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from ..errors import DiptychError
 from ..images import AUTO_MASK
 from ..shapes_core.dataset import load_dataset, sample_edit
-from ..shapes_core.edits import Edit, judge_edit
+from ..shapes_core.edits import Edit, edit_region, judge_edit
 from ..shapes_core.world import render as render_image
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -47,13 +48,19 @@ DEFAULT_VARIANTS: tuple[str, ...] = ("base", "lora", "moe", "moe+filter")
 
 FILTER = {"candidates": 4, "early_steps": 4, "judge": "shapes"}
 LOCATE_SUFFIX = "+locate"
+#: A diagnostic, not a result: the edit's true region as the mask (what a perfect locator would give).
+TRUE_REGION_SUFFIX = "+true-region"
+TRUE_REGION = "true-region"
 
 
 def variant_options(name: str) -> dict[str, Any]:
     """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`); `+locate` on either
-    adds the locator's mask."""
+    adds the locator's mask, `+true-region` the edit's true region (the ceiling of a perfect locator)."""
     if name.endswith(LOCATE_SUFFIX):
         return variant_options(name.removesuffix(LOCATE_SUFFIX)) | {"mask": AUTO_MASK}
+    if name.endswith(TRUE_REGION_SUFFIX):
+        # feather 0: the region is only 2 px wider than the object, and the default inward ramp would eat its border
+        return variant_options(name.removesuffix(TRUE_REGION_SUFFIX)) | {"mask": TRUE_REGION, "feather": 0}
     if name in VARIANTS:
         return VARIANTS[name]
     path, filtered = (name.removesuffix("+filter"), True) if name.endswith("+filter") else (name, False)
@@ -124,8 +131,12 @@ def run_variant(
     def task(case: BenchCase) -> str | None:
         return SHAPES_TASKS[case.task] if options.get("task") == "true" else None
 
+    def mask(case: BenchCase) -> Image.Image | str | None:
+        if options.get("mask") != TRUE_REGION:
+            return options.get("mask")
+        return Image.fromarray(edit_region(case.edit, case.source.size[0]).astype(np.uint8) * 255)
+
     candidates = options.get("candidates", 1)
-    mask = options.get("mask")
     if candidates > 1:
         outputs = []
         for case in cases:
@@ -139,7 +150,8 @@ def run_variant(
                     early_steps=min(options["early_steps"], steps),
                     judge=options["judge"],
                     task=task(case),
-                    mask=mask,
+                    mask=mask(case),
+                    feather=options.get("feather", 3),
                 )
             )
             if progress:
@@ -149,9 +161,10 @@ def run_variant(
         for start in range(0, len(cases), batch_size):
             chunk = cases[start : start + batch_size]
             outputs += editor.edit_many(
-                [EditRequest(c.source, c.instruction, seed, mask=mask, task=task(c)) for c in chunk],
+                [EditRequest(c.source, c.instruction, seed, mask=mask(c), task=task(c)) for c in chunk],
                 steps=steps,
                 batch_size=batch_size,
+                feather=options.get("feather", 3),
             )
             if progress:
                 progress(len(chunk))
@@ -233,11 +246,12 @@ def run_bench(
     options_of = {name: variant_options(name) for name in variants}  # unknown names fail before any work
     for name in variants:
         options = options_of[name]
+        located = options.get("mask") == AUTO_MASK
         try:
             editor = Editor.from_pretrained(
-                base, adapter=options["adapter"], device=device, locator=locator if "mask" in options else None
+                base, adapter=options["adapter"], device=device, locator=locator if located else None
             )
-            if "mask" in options and editor.locator is None:
+            if located and editor.locator is None:
                 raise DiptychError(f"{name} needs a locator: --locator FILE, or one shipped in the base's folder")
             if options.get("task") == "none":
                 editor.use_task_embedding(None)

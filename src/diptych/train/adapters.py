@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..adapters.load import FILL_REGION_KEY, MASKED_CONTENT_KEY
 from ..adapters.lora import adapter_qk_norms, qk_norm_parameters
 from ..adapters.moe import DEFAULT_LORA_TARGETS, DEFAULT_MOE_TARGETS, MoEConfig, inject_moe, resolve_targets
+from ..files import write_atomic
 from .config import ConfigError, TrainConfig
 
 #: The official ICEdit plain-LoRA targets: the MoE targets of the MoE adapter plus its plain ones.
@@ -114,15 +116,30 @@ def export_adapter(transformer: nn.Module, config: TrainConfig, folder: Path) ->
     if config.adapter == "moe":
         from ..adapters.moe_io import save_moe_adapter
 
-        return save_moe_adapter(transformer, folder / MOE_WEIGHT_NAME)
-    from diffusers import FluxFillPipeline
+        target = save_moe_adapter(transformer, folder / MOE_WEIGHT_NAME)
+    else:
+        from diffusers import FluxFillPipeline
 
-    target = folder / LORA_WEIGHT_NAME
-    scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".lora-"))
-    try:
-        layers = lora_state_dict(transformer) | adapter_qk_norms(transformer)
-        FluxFillPipeline.save_lora_weights(scratch, transformer_lora_layers=layers, weight_name=LORA_WEIGHT_NAME)
-        os.replace(scratch / LORA_WEIGHT_NAME, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        target = folder / LORA_WEIGHT_NAME
+        scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".lora-"))
+        try:
+            layers = lora_state_dict(transformer) | adapter_qk_norms(transformer)
+            FluxFillPipeline.save_lora_weights(scratch, transformer_lora_layers=layers, weight_name=LORA_WEIGHT_NAME)
+            os.replace(scratch / LORA_WEIGHT_NAME, target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if (config.fill_region, config.masked_content) != ("panel", "zero"):
+        mark_fill(target, region=config.fill_region, content=config.masked_content)
     return target
+
+
+def mark_fill(path: Path, *, region: str = "panel", content: str = "zero") -> None:
+    """Record in an adapter file's metadata what its training filled and what the condition showed there, so the
+    editor lays out its edits the same way at inference."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    metadata |= {FILL_REGION_KEY: region, MASKED_CONTENT_KEY: content}
+    write_atomic(path, save(load_file(str(path)), metadata=metadata))

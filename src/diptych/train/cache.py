@@ -145,8 +145,12 @@ class LatentCache:
     def __init__(self, folder: str | Path, vae: torch.nn.Module, **kwargs):
         self.store = TensorStore(Path(folder) / f"vae-{model_fingerprint(vae)}", **kwargs)
 
-    def keys(self, canvases: Sequence[Image.Image], fill_masks: Sequence[Image.Image]) -> list[str]:
-        return [image_key(c, m) for c, m in zip(canvases, fill_masks, strict=True)]
+    def keys(
+        self, canvases: Sequence[Image.Image], fill_masks: Sequence[Image.Image], masked_content: str = "zero"
+    ) -> list[str]:
+        # "zero" keys stay as they were, so existing caches keep their hits
+        salt = "" if masked_content == "zero" else f"masked:{masked_content}"
+        return [image_key(c, m) + salt for c, m in zip(canvases, fill_masks, strict=True)]
 
     def get(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         record = self.store.get(key)

@@ -141,6 +141,18 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'edit': weight each token by the share of its pixels the edit changes (the sample's mask, or "
         "the dilated |target - source| where there is none); default none",
     )
+    data.add_argument(
+        "--fill-region",
+        choices=("panel", "edit"),
+        help="what the Fill mask covers: 'panel' the whole right panel (official, default); 'edit' only the "
+        "sample's edit region, the source around it: an adapter for located edits (`diptych edit --mask auto`)",
+    )
+    data.add_argument(
+        "--masked-content",
+        choices=("zero", "source"),
+        help="what the Fill condition shows under the mask: 'zero' (FLUX.1 Fill, default) or 'source' (the old "
+        "content stays visible, as InstructPix2Pix concatenates the source image)",
+    )
     data.add_argument("--edit-weight", type=float, help="weight of a fully edited token (default 10)")
     data.add_argument(
         "--timestep-shift", type=float, help="shift training times toward noise, t -> s t / (1 + (s-1) t) (default 1)"

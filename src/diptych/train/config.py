@@ -9,6 +9,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..canvas import FILL_REGIONS, MASKED_CONTENTS
 from ..errors import DiptychError
 from ..files import write_atomic
 from .data import FORMATS
@@ -99,6 +100,12 @@ class TrainConfig:
     template: str | None = None
     loss_region: str = "all"
     loss_weighting: str = "none"  # "edit": tokens weighted by the sample's edit mask (objective.py)
+    # "panel": the whole right panel is filled (official); "edit": only the sample's edit region (whole tokens,
+    # half a token of margin), the source showing around it: an adapter for located edits (`mask="auto"`)
+    fill_region: str = "panel"
+    # what the Fill condition shows under the mask: "zero" (FLUX.1 Fill) or "source" (the old content stays
+    # visible token by token, as InstructPix2Pix concatenates the source; sampler.masked_canvas)
+    masked_content: str = "zero"
     edit_weight: float = 10.0  # weight of a fully edited token under loss_weighting "edit"
     timestep_shift: float = 1.0  # > 1 samples training times toward high noise (t -> s t / (1 + (s - 1) t))
     cache_dir: str | None = None  # frozen encodings (VAE posteriors, prompt embeddings) cached here (cache.py)
@@ -145,6 +152,13 @@ class TrainConfig:
         _choice(self, "dispatch", ("dense", "sparse"))
         _choice(self, "loss_region", ("all", "right"))
         _choice(self, "loss_weighting", ("none", "edit"))
+        _choice(self, "fill_region", FILL_REGIONS)
+        _choice(self, "masked_content", MASKED_CONTENTS)
+        if self.objective == "locate" and (self.fill_region, self.masked_content) != ("panel", "zero"):
+            raise ConfigError(
+                "a locator reads the canvas the editor builds: use fill_region 'panel' and masked_content 'zero' "
+                "with objective 'locate'"
+            )
         if self.objective == "locate" and (self.adapter != "lora" or self.task_embedding):
             raise ConfigError(
                 "objective 'locate' trains a plain LoRA and its head: use adapter lora without task_embedding"
@@ -216,8 +230,9 @@ class TrainConfig:
     def adapter_signature(self) -> dict[str, Any]:
         """What must match between a checkpoint and the run resuming it."""
         keys = ["adapter", "rank", "alpha", "lora_targets", "optimizer"]
-        if self.objective != "flow":  # only when not the default, so older checkpoints keep matching
-            keys.append("objective")
+        for name, default in (("objective", "flow"), ("fill_region", "panel"), ("masked_content", "zero")):
+            if getattr(self, name) != default:  # only when not the default, so older checkpoints keep matching
+                keys.append(name)
         if self.adapter == "moe":
             keys += ["num_experts", "top_k", "gate"]
         for flag in ("task_embedding", "train_norms"):  # only when on, so older checkpoints keep matching

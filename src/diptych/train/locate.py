@@ -16,12 +16,17 @@ from pathlib import Path
 import torch
 
 from ..adapters.lora import adapter_qk_norms
-from ..locator import LOCATE_TIMESTEP, LOCATOR_WEIGHT_NAME, ReferentHead, referent_logits, save_locator_file
+from ..locator import (
+    LOCATE_TIMESTEP,
+    LOCATOR_WEIGHT_NAME,
+    REGION_SHARE,
+    ReferentHead,
+    referent_logits,
+    save_locator_file,
+)
 from .adapters import lora_state_dict
 from .objective import EncodedBatch, FlowMatchingObjective
 
-#: A token is in the region when at least this share of its pixels is (a token is 8 px on ShapesEdit).
-REGION_SHARE = 0.3
 #: Where the head hangs on the transformer while it trains (so checkpoints and resume carry it).
 HEAD_ATTRIBUTE = "referent_head"
 

@@ -28,6 +28,7 @@ from diffusers import FluxFillPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
+from ..sampler import masked_canvas
 from .cache import LatentCache
 
 LOSS_REGIONS: tuple[str, ...] = ("all", "right")
@@ -58,6 +59,7 @@ class FlowMatchingObjective:
         loss_weighting: str = "none",
         edit_weight: float = 10.0,
         timestep_shift: float = 1.0,
+        masked_content: str = "zero",
     ):
         if loss_region not in LOSS_REGIONS:
             raise ValueError(f"loss_region must be one of {', '.join(LOSS_REGIONS)}, got {loss_region!r}")
@@ -71,6 +73,7 @@ class FlowMatchingObjective:
         self.loss_weighting = loss_weighting
         self.edit_weight = edit_weight
         self.timestep_shift = timestep_shift
+        self.masked_content = masked_content  # what the condition shows under the mask (sampler.masked_canvas)
 
     @property
     def pixel_multiple(self) -> int:
@@ -106,7 +109,7 @@ class FlowMatchingObjective:
         vae = pipe.vae
         fill = pipe.mask_processor.preprocess(list(fill_masks), height=height, width=width).to(device)
 
-        keys = cache.keys(canvases, fill_masks) if cache is not None else [None] * batch
+        keys = cache.keys(canvases, fill_masks, self.masked_content) if cache is not None else [None] * batch
         found = [cache.get(k) if cache is not None else None for k in keys]
         todo = [i for i, hit in enumerate(found) if hit is None]
         if todo:
@@ -138,12 +141,12 @@ class FlowMatchingObjective:
         self, canvases: Sequence[Image.Image], fill: torch.Tensor, *, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posteriors' parameters (mean and log-variance, (B, 2 lc, h, w)) of the canvases and of the
-        canvases with the Fill region (`fill`, preprocessed masks) zeroed."""
+        Fill condition's pixels (`fill`, preprocessed masks: the region zeroed, or the source shown)."""
         pipe, vae = self.pipe, self.pipe.vae
         width, height = canvases[0].size
         init = pipe.image_processor.preprocess(list(canvases), height=height, width=width)
         init = init.to(device=device, dtype=vae.dtype)
-        masked = (init.float() * (1 - fill.to(device))).to(vae.dtype)
+        masked = masked_canvas(init.float(), fill.to(device), self.masked_content).to(vae.dtype)
         return vae.encode(init).latent_dist.parameters, vae.encode(masked).latent_dist.parameters
 
     def loss(

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from ..canvas import PanelSize, compose_diptych
+from ..canvas import FILL_REGIONS, PanelSize, compose_diptych, region_fill_mask
 from ..errors import InputError
+from ..locator import token_region
 from ..prompts import build_prompt
 from .data import DataError, EditDataset, EditSample, SampleError, skip_reason
 
@@ -172,6 +173,8 @@ class BatchStream:
         on_skip: Callable[[str], None] | None = None,
         edit_masks: bool = False,
         right_panel: str = "target",
+        fill_region: str = "panel",
+        token: int = 16,
     ):
         if (panel is None) == (buckets is None):
             raise ValueError("give exactly one of panel (fixed size) or buckets (aspect-ratio bucketing)")
@@ -181,6 +184,8 @@ class BatchStream:
             raise ValueError(f"prompt_dropout must be between 0 and 1, got {prompt_dropout}")
         if right_panel not in ("target", "source"):
             raise ValueError(f"right_panel must be 'target' or 'source', got {right_panel!r}")
+        if fill_region not in FILL_REGIONS:
+            raise ValueError(f"fill_region must be one of {', '.join(FILL_REGIONS)}, got {fill_region!r}")
         if len(dataset) < world_size:
             raise DataError(f"the dataset has {len(dataset)} rows, fewer than the {world_size} processes")
         self.dataset = dataset
@@ -195,6 +200,8 @@ class BatchStream:
         self.edit_masks = edit_masks
         # "source": the canvas the editor builds (the source in both panels), what a locator is trained on
         self.right_panel = right_panel
+        # "edit": the Fill mask is the sample's edit region only (`locator.token_region`, `token` pixels a token)
+        self.fill_region, self.token = fill_region, token
         self.epoch = 0
         self.lane = 0  # samples of this process's lane consumed in the current epoch
         self.pending: dict[int, list[TrainItem]] = {}
@@ -258,12 +265,20 @@ class BatchStream:
         return self._layout(sample, bucket, epoch, position, index), bucket
 
     def _layout(self, sample: EditSample, bucket: int, epoch: int, position: int, index: int) -> TrainItem:
+        panel = self.buckets[bucket]
         right = sample.target if self.right_panel == "target" else sample.source
-        canvas, mask = training_diptych(sample.source, right, self.buckets[bucket], cover=self.cover)
+        canvas, mask = training_diptych(sample.source, right, panel, cover=self.cover)
         drop = np.random.default_rng(seed_sequence(self.seed, epoch, position, 1)).random() < self.prompt_dropout
         prompt = DROPPED_PROMPT if drop else build_prompt(sample.instruction, self.template)
         seed = sample_seed(self.seed, epoch, position)
-        edit_mask = edit_mask_canvas(sample, self.buckets[bucket], cover=self.cover) if self.edit_masks else None
+        edit_mask = None
+        if self.edit_masks or self.fill_region == "edit":
+            edit_mask = edit_mask_canvas(sample, panel, cover=self.cover)
+        if self.fill_region == "edit":
+            # Outside the region the target equals the source (the region holds every changed pixel), so the
+            # masked canvas shows what the editor shows at inference: the source around the located region.
+            changed = edit_mask.crop((panel.width, 0, 2 * panel.width, panel.height))
+            mask = region_fill_mask(token_region(changed, self.token))
         return TrainItem(canvas, mask, prompt, seed, epoch, position, index, sample.task, edit_mask)
 
     def _next_item(self) -> tuple[TrainItem, int]:

@@ -29,7 +29,7 @@ from .adapters import add_lora, add_moe, export_adapter, trainable_parameters
 from .config import ConfigError, TrainConfig, write_yaml
 from .data import EditDataset, EditSample, open_dataset
 from .objective import FlowMatchingObjective
-from .stream import BatchStream, first_samples, panel_buckets
+from .stream import BatchStream, edit_mask_canvas, first_samples, panel_buckets
 
 logger = logging.getLogger("diptych.train")
 
@@ -137,6 +137,7 @@ class Trainer:
                 loss_weighting=cfg.loss_weighting,
                 edit_weight=cfg.edit_weight,
                 timestep_shift=cfg.timestep_shift,
+                masked_content=cfg.masked_content,
             )
         _check_resolution(cfg.resolution, self.objective.pixel_multiple)
         self.latent_cache = None
@@ -166,6 +167,8 @@ class Trainer:
             world_size=acc.num_processes,
             edit_masks=cfg.loss_weighting == "edit" or cfg.objective == "locate",
             right_panel="source" if cfg.objective == "locate" else "target",  # a locator never sees the target
+            fill_region=cfg.fill_region,
+            token=self.objective.pixel_multiple,
         )
         # Decided the same way on every process: validation ends in a barrier all of them must reach.
         self._validating = self.validation is not None or cfg.num_validation > 0
@@ -537,9 +540,14 @@ class Trainer:
 
                 set_collect_stats(model, False)
             try:
-                editor = Editor(self.pipe, encoder=self.encoder)
+                editor = Editor(
+                    self.pipe, encoder=self.encoder, fill_region=cfg.fill_region, masked_content=cfg.masked_content
+                )
                 editor.default_width = cfg.resolution[0]
-                requests = [EditRequest(s.source, s.instruction, cfg.seed + i) for i, s in enumerate(self.validation)]
+                requests = [
+                    EditRequest(s.source, s.instruction, cfg.seed + i, self._validation_mask(s))
+                    for i, s in enumerate(self.validation)
+                ]
                 with acc.autocast():
                     edits = editor.edit_many(
                         requests, steps=cfg.validation_steps, guidance=cfg.validation_guidance, template=cfg.template
@@ -552,6 +560,14 @@ class Trainer:
             path = save_image_atomic(grid, self.output / "validation" / f"step-{self.step:07d}.png")
         acc.wait_for_everyone()
         return path
+
+    def _validation_mask(self, sample) -> Image.Image | None:
+        """The region a validation edit fills: the sample's own edit mask for a `fill_region: edit` adapter (what
+        a perfect locator would give), none (the whole panel) otherwise."""
+        if self.config.fill_region == "panel":
+            return None
+        panel = PanelSize(*sample.source.size)
+        return edit_mask_canvas(sample, panel).crop((panel.width, 0, 2 * panel.width, panel.height))
 
     def _locator_grid(self) -> Image.Image:
         """Validation of a locator: source | target | the region it predicts (white), one row per sample."""

@@ -1,0 +1,148 @@
+"""Adapters that fill only an edit's region (`fill_region: edit`) and that see the source under the mask
+(`masked_content: source`): the region drawn from an edit mask, the Fill mask and condition laid out from it,
+the editor filling exactly that region around the source, and the file metadata that tells the editor an
+adapter was trained so. (Training with them: tests/train/test_train.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diptych.canvas import region_fill_mask
+from diptych.errors import InputError
+from diptych.locator import token_region
+from diptych.testing import constant_locator, random_image
+
+SIZE = 16  # the tiny model's panel: VAE scale 2, so a token is 4 px
+
+
+@pytest.fixture
+def editor(tiny_base):
+    from diptych.editor import Editor
+
+    editor = Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32")
+    editor.default_width = SIZE
+    return editor
+
+
+def mask_of(box: tuple[int, int, int, int], size: int = SIZE) -> Image.Image:
+    pixels = np.zeros((size, size), np.uint8)
+    x0, y0, x1, y1 = box
+    pixels[y0:y1, x0:x1] = 255
+    return Image.fromarray(pixels)
+
+
+def test_token_region_snaps_to_tokens_keeps_every_masked_pixel_and_adds_half_a_token():
+    # 5 x 5 pixels at (1, 1) on 4-px tokens: 9/16 of the first token and 6/16 of its right and lower neighbours
+    # (kept whole), 4/16 of the diagonal one (below 30%: only its masked pixels)
+    region = np.asarray(token_region(mask_of((1, 1, 6, 6)), 4)) > 0
+    core = np.zeros((SIZE, SIZE), bool)
+    core[:4, :8] = core[:8, :4] = True  # the tokens holding >= 30% of the mask
+    core[1:6, 1:6] = True  # every masked pixel
+    grown = np.zeros_like(core)
+    for y, x in zip(*np.nonzero(core), strict=True):
+        grown[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = True  # half a token (2 px) around each
+    assert np.array_equal(region, grown)
+    assert region[:, :10].any() and not region[10:, :].any() and not region[:, 10:].any()
+    with pytest.raises(ValueError, match="whole number of 4-pixel tokens"):
+        token_region(mask_of((0, 0, 3, 3), size=10), 4)
+
+
+def test_region_fill_mask_puts_the_region_on_the_right_panel_only():
+    mask = np.asarray(region_fill_mask(mask_of((4, 8, 12, 16))))
+    assert mask.shape == (SIZE, 2 * SIZE)
+    assert not mask[:, :SIZE].any()
+    assert np.array_equal(mask[:, SIZE:], np.asarray(mask_of((4, 8, 12, 16))))
+
+
+def test_an_edit_region_adapter_fills_only_the_region_with_the_source_around_it(editor):
+    from diptych.editor import EditRequest
+
+    source = random_image(SIZE, SIZE, seed=5)
+    user = mask_of((4, 4, 9, 9))
+    panel = editor.edit(source, "make it red", seed=1, steps=3, mask=user, feather=0)
+    prepared_panel = editor.prepare(EditRequest(source, "make it red", mask=user))
+    assert prepared_panel.keep_grid is not None and np.asarray(prepared_panel.fill_mask)[:, SIZE:].all()
+
+    editor.fill_region = "edit"
+    prepared = editor.prepare(EditRequest(source, "make it red", mask=user))
+    expected = region_fill_mask(token_region(user, 4))
+    assert prepared.keep_grid is None  # the source is in the condition: no blending needed
+    assert np.array_equal(np.asarray(prepared.fill_mask), np.asarray(expected))
+    filled = np.asarray(editor.edit(source, "make it red", seed=1, steps=3, mask=user, feather=0)).astype(int)
+    inside = np.asarray(user) > 0
+    assert np.array_equal(filled[~inside], np.asarray(source).astype(int)[~inside])  # outside: the source
+    assert np.abs(filled - np.asarray(panel).astype(int)).mean() > 0.5  # another condition: another sample
+
+
+def test_located_edits_fill_the_located_region(tiny_base, editor):
+    from diptych.editor import EditRequest
+
+    editor.fill_region = "edit"
+    editor.use_locator(constant_locator(tiny_base, -5.0))  # no token above 0.5: the first token, + 2 px
+    source = random_image(SIZE, SIZE, seed=3)
+    prepared = editor.prepare(EditRequest(source, "make it red", mask="auto"))
+    fill = np.asarray(prepared.fill_mask) > 0
+    assert fill[:6, SIZE : SIZE + 6].all() and fill.sum() == 36
+    out = np.asarray(editor.edit(source, "make it red", seed=1, steps=3, mask="auto", feather=0)).astype(int)
+    assert np.array_equal(out[6:], np.asarray(source).astype(int)[6:])
+    # without a mask, an adapter trained on regions edits the located one
+    assert editor.prepare(EditRequest(source, "make it red")).located
+    editor.fill_region = "panel"
+    assert not editor.prepare(EditRequest(source, "make it red")).located
+
+
+def test_an_unknown_fill_region_is_refused(editor):
+    with pytest.raises(InputError, match="fill_region must be one of panel, edit"):
+        type(editor)(editor.pipe, fill_region="box")
+
+
+def test_the_adapter_file_tells_the_editor_how_it_was_trained_to_fill(tiny_base, tiny_lora, tmp_path):
+    import shutil
+
+    from diptych.editor import Editor
+    from diptych.errors import WeightsError
+    from diptych.train.adapters import mark_fill
+
+    def load(adapter):
+        return Editor.from_pretrained(tiny_base, adapter=str(adapter), device="cpu", dtype="fp32")
+
+    plain = load(tiny_lora)
+    assert (plain.fill_region, plain.sampler.masked_content) == ("panel", "zero")
+    marked = tmp_path / "edit.safetensors"
+    shutil.copy(tiny_lora, marked)
+    mark_fill(marked, region="edit", content="source")
+    editor = load(marked)
+    assert (editor.fill_region, editor.sampler.masked_content) == ("edit", "source")
+    mark_fill(marked, region="box")
+    with pytest.raises(WeightsError, match=r"unknown diptych\.fill_region 'box'"):
+        load(marked)
+    mark_fill(marked, content="noise")
+    with pytest.raises(WeightsError, match=r"unknown diptych\.masked_content 'noise'"):
+        load(marked)
+
+
+def test_masked_canvas_zeroes_the_region_or_shows_the_source_in_both_panels():
+    import torch
+
+    from diptych.sampler import masked_canvas
+
+    canvas = torch.rand(2, 3, 4, 8)
+    fill = torch.zeros(2, 1, 4, 8)
+    fill[..., 5:7] = 1
+    assert torch.equal(masked_canvas(canvas, fill), canvas * (1 - fill))
+    shown = masked_canvas(canvas, fill, "source")
+    assert torch.equal(shown[..., :4], canvas[..., :4]) and torch.equal(shown[..., 4:], canvas[..., :4])
+    with pytest.raises(InputError, match="masked content must be one of zero, source"):
+        masked_canvas(canvas, fill, "noise")
+
+
+def test_the_source_under_the_mask_changes_the_condition_and_the_edit(editor):
+    source = random_image(SIZE, SIZE, seed=7)
+    zero = np.asarray(editor.edit(source, "make it red", seed=1, steps=3)).astype(int)
+    editor.sampler.masked_content = "source"
+    shown = np.asarray(editor.edit(source, "make it red", seed=1, steps=3)).astype(int)
+    assert np.abs(shown - zero).mean() > 0.5
+    editor.sampler.masked_content = "zero"
+    assert np.array_equal(np.asarray(editor.edit(source, "make it red", seed=1, steps=3)).astype(int), zero)
