@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FluxFillPipeline, FluxTransformer2DModel
 
-from .adapters.load import load_adapter
+from .adapters.load import LoadedAdapter, load_adapter
 from .adapters.lora import check_adapter_hub_access
 from .adapters.moe import DISPATCHES
 from .cli_options import is_builtin_base
@@ -39,14 +39,27 @@ class FillModel:
 
     pipe: FluxFillPipeline
     encoder: PromptEncoder
-    adapter_kind: str | None = None  # "lora" or "moe" when an adapter was loaded
+    adapter: LoadedAdapter | None = None  # its kind and the layout it was trained for, when one was loaded
     default_width: int = 512
     builtin: bool = False
     task_embedding_file: Path | None = None
     quantized: str | None = None  # the --quantize mode, when the weights are quantized
     adapter_fused: bool = False  # the built-in adapter's plain-LoRA layers are folded in at load
-    fill_region: str = "panel"  # "edit": the adapter was trained to fill an edit's region only (canvas.py)
-    masked_content: str = "zero"  # "source": it was trained seeing the source under the mask (sampler.py)
+
+    @property
+    def adapter_kind(self) -> str | None:
+        """The adapter's kind, "lora" or "moe"; None without an adapter."""
+        return self.adapter.kind if self.adapter else None
+
+    @property
+    def fill_region(self) -> str:
+        """What the adapter was trained to fill (canvas.FILL_REGIONS): "edit" = an edit's region only."""
+        return self.adapter.fill_region if self.adapter else "panel"
+
+    @property
+    def masked_content(self) -> str:
+        """What the adapter's condition showed under the mask (canvas.MASKED_CONTENTS; sampler.masked_canvas)."""
+        return self.adapter.masked_content if self.adapter else "zero"
 
 
 def load_fill_pipeline(
@@ -171,14 +184,7 @@ def load_fill_pipeline(
     if compile:
         pipe.transformer.compile_repeated_blocks()
     encoder = FluxPromptEncoder(pipe, max_sequence_length=max_sequence_length)
-    return FillModel(
-        pipe,
-        encoder,
-        adapter_kind=loaded and loaded.kind,
-        quantized=quantized,
-        fill_region=loaded.fill_region if loaded else "panel",
-        masked_content=loaded.masked_content if loaded else "zero",
-    )
+    return FillModel(pipe, encoder, adapter=loaded, quantized=quantized)
 
 
 def fuse_adapter(pipe: FluxFillPipeline, kind: str) -> None:
@@ -248,9 +254,7 @@ def _load_shapes(
         default_width=shapes_models.PANEL,
         builtin=True,
         task_embedding_file=shapes_models.resolve_task_embedding(folder, name),
-        adapter_kind=loaded and loaded.kind,
-        fill_region=loaded.fill_region if loaded else "panel",
-        masked_content=loaded.masked_content if loaded else "zero",
+        adapter=loaded,
     )
 
 

@@ -34,8 +34,9 @@ def load_adapter(
     scale: float = 1.0,
     local_files_only: bool = False,
     moe_dispatch: str = "dense",
-) -> str:
-    """Load `adapter` into the pipeline's transformer; returns its kind ("moe" or "lora") and fill region.
+) -> LoadedAdapter:
+    """Load `adapter` into the pipeline's transformer; returns its kind ("moe" or "lora") and the layout it was
+    trained for (fill region, masked content: from its metadata).
 
     `moe_dispatch` ("dense", the official forward, or "sparse": only the chosen experts per token) applies
     to LoRA-MoE checkpoints.

@@ -136,6 +136,7 @@ def run_variant(
             return options.get("mask")
         return Image.fromarray(edit_region(case.edit, case.source.size[0]).astype(np.uint8) * 255)
 
+    feather = {"feather": options["feather"]} if "feather" in options else {}  # else the editor's default
     candidates = options.get("candidates", 1)
     if candidates > 1:
         outputs = []
@@ -151,7 +152,7 @@ def run_variant(
                     judge=options["judge"],
                     task=task(case),
                     mask=mask(case),
-                    feather=options.get("feather", 3),
+                    **feather,
                 )
             )
             if progress:
@@ -164,7 +165,7 @@ def run_variant(
                 [EditRequest(c.source, c.instruction, seed, mask=mask(c), task=task(c)) for c in chunk],
                 steps=steps,
                 batch_size=batch_size,
-                feather=options.get("feather", 3),
+                **feather,
             )
             if progress:
                 progress(len(chunk))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from ..canvas import FILL_REGIONS, PanelSize, compose_diptych, region_fill_mask
+from ..canvas import FILL_REGIONS, PanelSize, compose_diptych, crop_right, region_fill_mask
 from ..errors import InputError
 from ..locator import token_region
 from ..prompts import build_prompt
@@ -277,8 +277,7 @@ class BatchStream:
         if self.fill_region == "edit":
             # Outside the region the target equals the source (the region holds every changed pixel), so the
             # masked canvas shows what the editor shows at inference: the source around the located region.
-            changed = edit_mask.crop((panel.width, 0, 2 * panel.width, panel.height))
-            mask = region_fill_mask(token_region(changed, self.token))
+            mask = region_fill_mask(token_region(crop_right(edit_mask), self.token))
         return TrainItem(canvas, mask, prompt, seed, epoch, position, index, sample.task, edit_mask)
 
     def _next_item(self) -> tuple[TrainItem, int]:

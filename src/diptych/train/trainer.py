@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from .. import checkpoints as ckpt
-from ..canvas import PanelSize
+from ..canvas import PanelSize, crop_right
 from ..files import write_atomic
 from ..images import save_image_atomic
 from .adapters import add_lora, add_moe, export_adapter, trainable_parameters
@@ -566,8 +566,7 @@ class Trainer:
         a perfect locator would give), none (the whole panel) otherwise."""
         if self.config.fill_region == "panel":
             return None
-        panel = PanelSize(*sample.source.size)
-        return edit_mask_canvas(sample, panel).crop((panel.width, 0, 2 * panel.width, panel.height))
+        return crop_right(edit_mask_canvas(sample, PanelSize(*sample.source.size)))
 
     def _locator_grid(self) -> Image.Image:
         """Validation of a locator: source | target | the region it predicts (white), one row per sample."""
