@@ -146,3 +146,47 @@ def test_the_source_under_the_mask_changes_the_condition_and_the_edit(editor):
     assert np.abs(shown - zero).mean() > 0.5
     editor.sampler.masked_content = "zero"
     assert np.array_equal(np.asarray(editor.edit(source, "make it red", seed=1, steps=3)).astype(int), zero)
+
+
+def _square_edit(seed: int = 0):
+    """An EditSample whose target differs from its source in one 6 x 6 square only."""
+    from diptych.train.data import make_sample
+
+    source = random_image(SIZE, SIZE, seed=seed)
+    pixels = np.asarray(source).copy()
+    pixels[2:8, 3:9] = 255 - pixels[2:8, 3:9]
+    return make_sample(source, "invert the square", Image.fromarray(pixels))
+
+
+def test_training_layout_fills_the_panel_or_only_the_edits_region():
+    from diptych.canvas import PanelSize
+    from diptych.train.stream import edit_mask_canvas, training_diptych, training_layout
+
+    sample, panel = _square_edit(), PanelSize(SIZE, SIZE)
+    canvas, mask = training_layout(sample, panel)
+    expected_canvas, expected_mask = training_diptych(sample.source, sample.target, panel)
+    assert canvas.tobytes() == expected_canvas.tobytes() and mask.tobytes() == expected_mask.tobytes()
+    canvas, mask = training_layout(sample, panel, fill_region="edit", token=4)
+    assert canvas.tobytes() == expected_canvas.tobytes()
+    changed = np.asarray(edit_mask_canvas(sample, panel))[:, SIZE:]
+    region = np.asarray(mask)
+    assert not region[:, :SIZE].any() and region[:, SIZE:][changed > 0].all()  # every changed pixel is filled
+    assert 0 < (region > 0).sum() < SIZE * SIZE  # but not the whole panel
+    with pytest.raises(InputError, match="fill_region must be one of"):
+        training_layout(sample, panel, fill_region="box")
+
+
+def test_task_inversion_tunes_a_region_adapter_on_its_regions(tiny_base):
+    from diptych.canvas import PanelSize
+    from diptych.editor import Editor
+    from diptych.emu.inversion import _parts, _prepare
+    from diptych.train.stream import edit_mask_canvas
+
+    panel_editor = Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32")
+    region_editor = Editor(panel_editor.pipe, encoder=panel_editor.encoder, fill_region="edit")
+    sample = _square_edit(seed=3)
+    whole = _prepare(_parts(panel_editor, None), [sample], SIZE, None).masks[0]
+    region = _prepare(_parts(region_editor, None), [sample], SIZE, None).masks[0]
+    assert np.asarray(whole)[:, SIZE:].all()
+    changed = np.asarray(edit_mask_canvas(sample, PanelSize(SIZE, SIZE))) > 0
+    assert np.asarray(region)[changed].all() and not np.asarray(region)[:, SIZE:].all()

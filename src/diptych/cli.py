@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--steps", type=int, default=28, help="denoising steps (default 28)")
     sampling.add_argument("--guidance", type=float, default=50.0, help="guidance scale (default 50)")
     sampling.add_argument(
+        "--true-cfg-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="classifier-free guidance on the instruction, against the empty prompt adapters train with: two "
+        "transformer passes a step (default 1: off; FLUX.1 Fill has distilled guidance, --guidance, instead)",
+    )
+    sampling.add_argument(
         "--width",
         type=int,
         default=None,
@@ -345,6 +353,7 @@ def _edit_options(args: argparse.Namespace) -> dict:
     return dict(
         steps=args.steps,
         guidance=args.guidance,
+        true_cfg_scale=args.true_cfg_scale,
         width=args.width,
         template=args.template,
         keep_size=args.keep_size,

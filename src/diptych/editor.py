@@ -31,7 +31,7 @@ from .loading import (  # noqa: F401  (DEFAULT_BASE, OFFLOAD_MODES: public names
     unfuse_adapter,
 )
 from .locator import region_mask, token_region
-from .prompts import build_prompt, resolve_template
+from .prompts import UNCONDITIONAL_PROMPT, build_prompt, resolve_template
 from .sampler import FillSampler, FillState
 from .speed import CacheMode
 
@@ -333,6 +333,7 @@ class Editor:
         seed: int = 42,
         steps: int = 28,
         guidance: float = 50.0,
+        true_cfg_scale: float = 1.0,
         width: int | None = None,
         template: str | None = None,
         mask: ImageInput | None = None,
@@ -364,11 +365,16 @@ class Editor:
 
         `task` (Emu Edit) picks the task vector when the editor has a task embedding (`use_task_embedding`);
         None predicts it from the instruction.
+
+        `true_cfg_scale` > 1: classifier-free guidance on the prompt (diffusers' name), against the
+        unconditional prompt adapters are trained with (`UNCONDITIONAL_PROMPT`); two transformer passes a
+        step. `guidance` is FLUX's distilled guidance input, ignored by a transformer without one.
         """
         request = EditRequest(image, instruction, seed, mask, task)
         options = dict(
             steps=steps,
             guidance=guidance,
+            true_cfg_scale=true_cfg_scale,
             width=width,
             template=template,
             keep_size=keep_size,
@@ -399,6 +405,7 @@ class Editor:
         *,
         steps: int = 28,
         guidance: float = 50.0,
+        true_cfg_scale: float = 1.0,
         width: int | None = None,
         template: str | None = None,
         keep_size: bool = False,
@@ -424,7 +431,7 @@ class Editor:
         results: list[Image.Image | None] = [None] * len(prepared)
         for chunk in chunks:
             items = [prepared[i] for i in chunk]
-            state = self.start(items, steps=steps, guidance=guidance)
+            state = self.start(items, steps=steps, guidance=guidance, true_cfg_scale=true_cfg_scale)
 
             def on_step(step: int, _total: int, offset: int = done) -> None:
                 if progress is not None:
@@ -485,9 +492,15 @@ class Editor:
             located=located,
         )
 
-    def start(self, items: Sequence[PreparedEdit], *, steps: int, guidance: float) -> FillState:
+    def start(
+        self, items: Sequence[PreparedEdit], *, steps: int, guidance: float, true_cfg_scale: float = 1.0
+    ) -> FillState:
         """The initial sampling state of a batch of prepared edits with the same canvas size."""
         embeds, pooled = self.encoder.encode([item.prompt for item in items])
+        negative = {}
+        if true_cfg_scale != 1:
+            negative_embeds, negative_pooled = self.encoder.encode([UNCONDITIONAL_PROMPT] * len(items))
+            negative = dict(negative_prompt_embeds=negative_embeds, negative_pooled_prompt_embeds=negative_pooled)
         keep = [item.keep_grid for item in items] if any(i.keep_grid is not None for i in items) else None
         return self.sampler.prepare(
             [item.canvas for item in items],
@@ -498,6 +511,8 @@ class Editor:
             steps=steps,
             guidance=guidance,
             keep_masks=keep,
+            true_cfg_scale=true_cfg_scale,
+            **negative,
         )
 
     @staticmethod

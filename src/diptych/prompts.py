@@ -22,6 +22,9 @@ TEMPLATES: dict[str, str] = {
     ),
 }
 DEFAULT_TEMPLATE = "icedit"
+#: The prompt a dropped instruction trains as (the official recipe's), so also the unconditional prompt of
+#: classifier-free guidance at inference (`true_cfg_scale`).
+UNCONDITIONAL_PROMPT = " "
 
 
 def resolve_template(template: str | None) -> str:

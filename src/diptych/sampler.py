@@ -70,6 +70,11 @@ class FillState:
     keep_latents: torch.Tensor | None = None
     keep_mask: torch.Tensor | None = None
     x0: torch.Tensor | None = None  # prediction of the clean latents at the last step run
+    # Classifier-free guidance on the prompt (diffusers' `true_cfg_scale`): velocity = negative + scale *
+    # (prompt - negative), a second transformer pass per step. 1 = off (and no negative embeddings kept).
+    true_cfg_scale: float = 1.0
+    negative_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
 
     _TENSORS = (
         "latents",
@@ -83,6 +88,8 @@ class FillState:
         "keep_latents",
         "keep_mask",
         "x0",
+        "negative_prompt_embeds",
+        "negative_pooled_prompt_embeds",
     )
     _BATCHED = (
         "latents",
@@ -94,6 +101,8 @@ class FillState:
         "keep_latents",
         "keep_mask",
         "x0",
+        "negative_prompt_embeds",
+        "negative_pooled_prompt_embeds",
     )
 
     @property
@@ -126,7 +135,7 @@ class FillState:
             for name in self._TENSORS
             if getattr(self, name) is not None
         }
-        meta = {"height": self.height, "width": self.width, "step": self.step}
+        meta = {"height": self.height, "width": self.width, "step": self.step, "true_cfg_scale": self.true_cfg_scale}
         write_atomic(path, save(tensors, metadata={"diptych_fill_state": json.dumps(meta)}))
 
     @classmethod
@@ -161,7 +170,7 @@ class FillSampler:
     """Runs FLUX.1 Fill sampling on prepared diptychs, one explicit step at a time.
 
     `cache` (a `diptych.speed.CacheMode`, or a spec such as "fbcache:0.1") turns on one of diffusers' cache
-    hooks for every step; see `_use_cache` for how its state is kept to one run.
+    hooks for every step; see `_prepare_cache` for how its state is kept to one run.
     """
 
     def __init__(self, pipe: FluxFillPipeline, *, cache: CacheMode | str | None = None, masked_content: str = "zero"):
@@ -180,8 +189,9 @@ class FillSampler:
     def cache(self, spec: CacheMode | str | None) -> None:
         self._cache = CacheMode.parse(spec)
 
-    def _use_cache(self, state: FillState) -> contextlib.AbstractContextManager:
-        """Set the transformer's cache hooks up for a step of `state`, in the context they need.
+    def _prepare_cache(self, state: FillState) -> bool:
+        """Set the transformer's cache hooks up for a step of `state`; True when a cache is on (each transformer
+        call then runs in its `cache_context`: "cond", and "uncond" for the guidance pass).
 
         The hooks are (re)made when the mode or the run's number of steps changes (MagCache's ratios depend on
         it), and their state is reset whenever `state` is not the one the previous step returned — a new
@@ -192,7 +202,7 @@ class FillSampler:
             if self._cache_key is not None:
                 transformer.disable_cache()
                 self._cache_key = None
-            return contextlib.nullcontext()
+            return False
         key = (mode, state.num_steps)
         if key != self._cache_key:
             if self._cache_key is not None:
@@ -201,7 +211,7 @@ class FillSampler:
             self._cache_key, self._last_state = key, None
         if state is not self._last_state:
             transformer._reset_stateful_cache()
-        return transformer.cache_context("cond")
+        return True
 
     @property
     def vae_scale(self) -> int:
@@ -224,11 +234,15 @@ class FillSampler:
         steps: int,
         guidance: float | Sequence[float],
         keep_masks: Sequence[np.ndarray | None] | None = None,
+        true_cfg_scale: float = 1.0,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
     ) -> FillState:
         """Initial state for a batch of same-sized canvases, drawing from each seed as the pipeline does.
 
         `keep_masks[i]`, if given, is a (rows, cols) array over the latent grid of the whole canvas:
         1 where the latents must stay the canvas's own (re-noised to the current level each step).
+        `true_cfg_scale` > 1 guides each step away from the negative prompt embeddings (required then).
         """
         pipe, device = self.pipe, self.pipe._execution_device
         batch = len(canvases)
@@ -236,6 +250,14 @@ class FillSampler:
             raise InputError("canvases, masks, seeds and prompts must have the same length")
         if steps < 1:
             raise InputError(f"steps must be at least 1, got {steps}")
+        if true_cfg_scale < 1:
+            raise InputError(f"true_cfg_scale must be at least 1 (1 = no guidance), got {true_cfg_scale}")
+        if true_cfg_scale == 1:
+            negative_prompt_embeds = negative_pooled_prompt_embeds = None
+        elif negative_prompt_embeds is None or negative_pooled_prompt_embeds is None:
+            raise InputError("true_cfg_scale > 1 needs negative prompt embeddings (e.g. of UNCONDITIONAL_PROMPT)")
+        elif negative_prompt_embeds.shape[0] != batch or negative_pooled_prompt_embeds.shape[0] != batch:
+            raise InputError("negative prompt embeddings must have one row per canvas")
         width, height = canvases[0].size
         if any(c.size != (width, height) for c in canvases):
             raise InputError("all canvases in one batch must have the same size")
@@ -279,6 +301,9 @@ class FillSampler:
             width=width,
             keep_latents=keep_latents,
             keep_mask=keep_mask,
+            true_cfg_scale=float(true_cfg_scale),
+            negative_prompt_embeds=negative_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
 
     def schedule(self, steps: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -334,22 +359,30 @@ class FillSampler:
         s = self.vae_scale
         lat_h, lat_w = 2 * (state.height // (s * 2)), 2 * (state.width // (s * 2))
         image_ids = pipe._prepare_latent_image_ids(None, lat_h // 2, lat_w // 2, latents.device, latents.dtype)
-        text_ids = torch.zeros(state.prompt_embeds.shape[1], 3, device=latents.device, dtype=latents.dtype)
         t = state.timesteps[i]
         timestep = t.expand(latents.shape[0]).to(latents.dtype)
         guidance = state.guidance if pipe.transformer.config.guidance_embeds else None
         self._timestep = float(t)
-        with self._use_cache(state):
-            velocity = pipe.transformer(
-                hidden_states=torch.cat((latents, state.condition), dim=2),
-                timestep=timestep / 1000,
-                guidance=guidance,
-                pooled_projections=state.pooled_prompt_embeds,
-                encoder_hidden_states=state.prompt_embeds,
-                txt_ids=text_ids,
-                img_ids=image_ids,
-                return_dict=False,
-            )[0]
+        cached = self._prepare_cache(state)
+
+        def velocity_for(embeds: torch.Tensor, pooled: torch.Tensor, context: str) -> torch.Tensor:
+            text_ids = torch.zeros(embeds.shape[1], 3, device=latents.device, dtype=latents.dtype)
+            with pipe.transformer.cache_context(context) if cached else contextlib.nullcontext():
+                return pipe.transformer(
+                    hidden_states=torch.cat((latents, state.condition), dim=2),
+                    timestep=timestep / 1000,
+                    guidance=guidance,
+                    pooled_projections=pooled,
+                    encoder_hidden_states=embeds,
+                    txt_ids=text_ids,
+                    img_ids=image_ids,
+                    return_dict=False,
+                )[0]
+
+        velocity = velocity_for(state.prompt_embeds, state.pooled_prompt_embeds, "cond")
+        if state.negative_prompt_embeds is not None:
+            negative = velocity_for(state.negative_prompt_embeds, state.negative_pooled_prompt_embeds, "uncond")
+            velocity = negative + state.true_cfg_scale * (velocity - negative)
         sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
         x0 = latents - sigma.to(latents.device, latents.dtype) * velocity
         new_latents = (latents.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from ..errors import InputError
 from ..prompts import build_prompt
 from ..train.data import EditSample, make_sample
 from ..train.objective import FlowMatchingObjective
-from ..train.stream import sample_seed, training_diptych
+from ..train.stream import sample_seed, training_layout
 
 #: `callback(step, steps, loss)` after each optimisation step.
 InversionCallback = Callable[[int, int, float], None]
@@ -37,8 +38,16 @@ class _Prepared:
     pooled: torch.Tensor  # (N, P)
 
 
-def _parts(pipe_or_editor, encoder):
-    """(pipe, prompt encoder) from a FluxFillPipeline or an Editor."""
+@dataclass
+class _Parts:
+    pipe: Any  # a FluxFillPipeline
+    encoder: Any  # a PromptEncoder
+    fill_region: str  # the layout the adapter was trained in: an Editor's, else the whole panel
+    masked_content: str
+
+
+def _parts(pipe_or_editor, encoder) -> _Parts:
+    """The pipe, prompt encoder and adapter layout of a FluxFillPipeline or an Editor."""
     pipe = getattr(pipe_or_editor, "pipe", pipe_or_editor)
     if not hasattr(pipe, "transformer") or not hasattr(pipe, "vae"):
         raise InputError(f"expected a FluxFillPipeline or an Editor, got {type(pipe_or_editor).__name__}")
@@ -48,7 +57,13 @@ def _parts(pipe_or_editor, encoder):
         from ..encoders import FluxPromptEncoder
 
         encoder = FluxPromptEncoder(pipe)
-    return pipe, encoder
+    sampler = getattr(pipe_or_editor, "sampler", None)
+    return _Parts(
+        pipe,
+        encoder,
+        getattr(pipe_or_editor, "fill_region", "panel"),
+        getattr(sampler, "masked_content", "zero"),
+    )
 
 
 def _as_sample(example: Example, index: int) -> EditSample:
@@ -67,13 +82,15 @@ def _panel(resolution: int | tuple[int, int], multiple: int) -> PanelSize:
     return PanelSize(int(width), int(height))
 
 
-def _prepare(pipe, encoder, examples: Sequence[Example], resolution, template: str | None) -> _Prepared:
+def _prepare(parts: _Parts, examples: Sequence[Example], resolution, template: str | None) -> _Prepared:
     samples = [_as_sample(e, i) for i, e in enumerate(examples)]
     if not samples:
         raise InputError("task inversion needs at least one (source, instruction, target) example")
-    panel = _panel(resolution, 2 * pipe.vae_scale_factor)
-    layouts = [training_diptych(s.source, s.target, panel) for s in samples]
-    embeds, pooled = encoder.encode([build_prompt(s.instruction, template) for s in samples])
+    token = 2 * parts.pipe.vae_scale_factor
+    panel = _panel(resolution, token)
+    # the adapter's own layout: an adapter that fills edit regions is tuned on its regions, as it was trained
+    layouts = [training_layout(s, panel, fill_region=parts.fill_region, token=token) for s in samples]
+    embeds, pooled = parts.encoder.encode([build_prompt(s.instruction, template) for s in samples])
     return _Prepared([c for c, _ in layouts], [m for _, m in layouts], embeds, pooled)
 
 
@@ -148,7 +165,9 @@ def invert_task(
 
     Each of `steps` AdamW steps (learning rate `lr`, no weight decay) draws `batch_size` examples, lays them
     out as training diptychs of `resolution` panels with `template` prompts, and minimises the flow-matching
-    loss with the vector added to the transformer's `temb`. The vector starts at zero (the unconditioned
+    loss with the vector added to the transformer's `temb`. Given an Editor, the diptychs are laid out as its
+    adapter was trained: with `fill_region == "edit"`, only each example's edit region (the pixels that
+    change) is filled. The vector starts at zero (the unconditioned
     model) or at `init_task`'s row of `base_embedding`. Returns `base_embedding` plus the new row (a new
     object; `base_embedding` itself is not modified), or a one-task embedding when there is no base.
     """
@@ -160,7 +179,8 @@ def invert_task(
         raise InputError(f"lr must be a positive number, got {lr!r}")
     if not isinstance(name, str) or not name.strip():
         raise InputError("the new task needs a non-empty name")
-    pipe, encoder = _parts(pipe_or_editor, encoder)
+    parts = _parts(pipe_or_editor, encoder)
+    pipe = parts.pipe
     transformer = pipe.transformer
     dim = temb_width(transformer)
     if base_embedding is not None:
@@ -171,7 +191,7 @@ def invert_task(
     if init_task is not None and base_embedding is None:
         raise InputError("init_task needs a base_embedding to copy the starting vector from")
 
-    data = _prepare(pipe, encoder, examples, resolution, template)
+    data = _prepare(parts, examples, resolution, template)
     device = pipe._execution_device
     start = torch.zeros(dim)
     if init_task is not None:
@@ -179,7 +199,7 @@ def invert_task(
         start = base_embedding.weight[base_embedding.index(init_task)].detach().float().cpu()
     vector = torch.nn.Parameter(start.clone().to(device))
     holder = TaskEmbedding([name], dim)  # only carries the vector into task_conditioning
-    objective = FlowMatchingObjective(pipe)
+    objective = FlowMatchingObjective(pipe, masked_content=parts.masked_content)
     optimizer = torch.optim.AdamW([vector], lr=float(lr), weight_decay=0.0)
     rng = np.random.default_rng(seed)
     count = len(data.canvases)
@@ -218,12 +238,13 @@ def task_loss(
 ) -> float:
     """Mean flow-matching loss of `examples` conditioned on `task` (None: no task vector), over `draws`
     fixed draws of (t, noise) per example: comparable across embeddings, to measure what inversion gained."""
-    pipe, encoder = _parts(pipe_or_editor, encoder)
-    data = _prepare(pipe, encoder, examples, resolution, template)
+    parts = _parts(pipe_or_editor, encoder)
+    pipe = parts.pipe
+    data = _prepare(parts, examples, resolution, template)
     vector = torch.zeros(embedding.dim) if task is None else embedding.weight[embedding.index(task)].float().cpu()
     vector = vector.to(pipe._execution_device)
     holder = TaskEmbedding(["probe"], embedding.dim)
-    objective = FlowMatchingObjective(pipe)
+    objective = FlowMatchingObjective(pipe, masked_content=parts.masked_content)
     losses = []
     for draw in range(draws):
         for i in range(len(data.canvases)):

@@ -37,7 +37,7 @@ class FilterEditor(Protocol):
 
     def prepare(self, request: Any, *, width: int | None = None, template: str | None = None) -> Any: ...
 
-    def start(self, items: Sequence[Any], *, steps: int, guidance: float) -> FillState: ...
+    def start(self, items: Sequence[Any], *, steps: int, guidance: float, true_cfg_scale: float = 1.0) -> FillState: ...
 
     def finish(self, item: Any, canvas: Image.Image, *, keep_size: bool = False, feather: int = 3) -> Image.Image: ...
 
@@ -86,6 +86,7 @@ def edit_with_early_filter(
     early_steps: int,
     steps: int = 28,
     guidance: float = 50.0,
+    true_cfg_scale: float = 1.0,
     width: int | None = None,
     template: str | None = None,
     keep_size: bool = False,
@@ -101,7 +102,8 @@ def edit_with_early_filter(
     `editor` is a `diptych.Editor` and `request` a `diptych.editor.EditRequest`.
 
     `batch_size` bounds how many candidates go through the transformer at once (default: all). With a task
-    embedding on the editor, every candidate is conditioned on `request.task` (or the predicted task).
+    embedding on the editor, every candidate is conditioned on `request.task` (or the predicted task). The NFE
+    counts transformer passes: two per sample and step with `true_cfg_scale` > 1.
     """
     if candidates < 1:
         raise InputError(f"candidates must be at least 1, got {candidates}")
@@ -111,7 +113,8 @@ def edit_with_early_filter(
     base = editor.prepare(request, width=width, template=template)
     seeds = [base.seed + i for i in range(candidates)]
     items = [replace(base, seed=s) for s in seeds]
-    total = candidates * early_steps + (steps - early_steps)
+    passes = 2 if true_cfg_scale != 1 else 1  # transformer evaluations per sample and step
+    total = passes * (candidates * early_steps + (steps - early_steps))
     done = 0
 
     def report(evaluations: int) -> None:
@@ -121,14 +124,14 @@ def edit_with_early_filter(
             progress(done, total)
 
     def counter(evaluations_per_step: int) -> Callable[[int, int], None]:
-        return lambda _step, _total: report(evaluations_per_step)
+        return lambda _step, _total: report(passes * evaluations_per_step)
 
     with editor.task_conditioning(editor.resolve_tasks([base.instruction], [request.task])):
         # Early steps, in chunks; keep each chunk's state so the winner can resume from it.
         chunks, previews = [], []
         for start in range(0, candidates, batch_size):
             chunk = items[start : start + batch_size]
-            state = editor.start(chunk, steps=steps, guidance=guidance)
+            state = editor.start(chunk, steps=steps, guidance=guidance, true_cfg_scale=true_cfg_scale)
             state = editor.sampler.run(state, until=early_steps, callback=counter(len(chunk)))
             chunks.append(state)
             canvases = editor.sampler.decode_state(state)
@@ -147,7 +150,7 @@ def edit_with_early_filter(
         previews=previews,
         selection=selection,
         nfe=total,
-        restart_nfe=candidates * early_steps + steps,
+        restart_nfe=passes * (candidates * early_steps + steps),
     )
     if save_candidates is not None:
         write_candidates(result, Path(save_candidates))

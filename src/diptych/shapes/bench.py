@@ -19,6 +19,7 @@ its ground-truth render; seen and held-out phrasings are reported apart.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,11 +52,16 @@ LOCATE_SUFFIX = "+locate"
 #: A diagnostic, not a result: the edit's true region as the mask (what a perfect locator would give).
 TRUE_REGION_SUFFIX = "+true-region"
 TRUE_REGION = "true-region"
+#: `+cfgS`: classifier-free guidance on the instruction at scale S (the editor's `true_cfg_scale`).
+CFG_SUFFIX = re.compile(r"\+cfg(\d+(?:\.\d+)?)$")
 
 
 def variant_options(name: str) -> dict[str, Any]:
     """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`); `+locate` on either
-    adds the locator's mask, `+true-region` the edit's true region (the ceiling of a perfect locator)."""
+    adds the locator's mask, `+true-region` the edit's true region (the ceiling of a perfect locator), `+cfgS`
+    classifier-free guidance at scale S."""
+    if match := CFG_SUFFIX.search(name):
+        return variant_options(name[: match.start()]) | {"true_cfg_scale": float(match.group(1))}
     if name.endswith(LOCATE_SUFFIX):
         return variant_options(name.removesuffix(LOCATE_SUFFIX)) | {"mask": AUTO_MASK}
     if name.endswith(TRUE_REGION_SUFFIX):
@@ -136,7 +142,8 @@ def run_variant(
             return options.get("mask")
         return Image.fromarray(edit_region(case.edit, case.source.size[0]).astype(np.uint8) * 255)
 
-    feather = {"feather": options["feather"]} if "feather" in options else {}  # else the editor's default
+    # only what the variant sets; the rest are the editor's defaults
+    sampling = {key: options[key] for key in ("feather", "true_cfg_scale") if key in options}
     candidates = options.get("candidates", 1)
     if candidates > 1:
         outputs = []
@@ -152,7 +159,7 @@ def run_variant(
                     judge=options["judge"],
                     task=task(case),
                     mask=mask(case),
-                    **feather,
+                    **sampling,
                 )
             )
             if progress:
@@ -165,7 +172,7 @@ def run_variant(
                 [EditRequest(c.source, c.instruction, seed, mask=mask(c), task=task(c)) for c in chunk],
                 steps=steps,
                 batch_size=batch_size,
-                **feather,
+                **sampling,
             )
             if progress:
                 progress(len(chunk))

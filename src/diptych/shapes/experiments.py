@@ -228,17 +228,23 @@ def token_sets(examples: Sequence[Any], size: int, cell: int) -> dict[str, np.nd
 
 
 def _encode_diptychs(editor: Any, objective: Any, cases: Sequence[Example], generators: Sequence[Any]) -> tuple:
-    """The ground-truth diptychs of `cases` as the training objective sees them (VAE draws from `generators`),
-    and their ICEdit prompts encoded: (encoded batch, prompt embeddings, pooled embeddings)."""
+    """The ground-truth diptychs of `cases` as the training objective sees them, in the layout the editor's adapter
+    was trained in (VAE draws from `generators`), and their ICEdit prompts encoded: (encoded batch, prompt
+    embeddings, pooled embeddings)."""
     import torch
 
     from ..canvas import PanelSize
     from ..prompts import build_prompt
-    from ..train.stream import training_diptych
+    from ..train.data import make_sample
+    from ..train.stream import training_layout
 
     size = editor.default_width
     transformer = editor.pipe.transformer
-    layouts = [training_diptych(c.source_image, c.target_image, PanelSize(size, size)) for c in cases]
+    samples = [make_sample(c.source_image, c.instruction, c.target_image, mask=c.mask_image) for c in cases]
+    layouts = [
+        training_layout(s, PanelSize(size, size), fill_region=editor.fill_region, token=objective.pixel_multiple)
+        for s in samples
+    ]
     with torch.no_grad():
         encoded = objective.encode(
             [canvas for canvas, _ in layouts],
@@ -299,7 +305,7 @@ def region_losses(
     if not times or any(not 0.0 <= t <= 1.0 for t in times):
         raise InputError(f"noise levels must lie in [0, 1], got {list(times)}")
     editor = Editor.from_pretrained(base, adapter=adapter, device=device)
-    objective = FlowMatchingObjective(editor.pipe)
+    objective = FlowMatchingObjective(editor.pipe, masked_content=editor.sampler.masked_content)
     size, cell = editor.default_width, objective.pixel_multiple
     cases = [sample_edit("test", i, seed=seed, phrasings="all") for i in range(n)]
     sums = {t: dict.fromkeys(TOKEN_SETS, 0.0) for t in times}
@@ -359,7 +365,7 @@ def token_probes(
     if n_fit < 1 or n_eval < 1:
         raise InputError(f"--n-fit and --n-eval must be at least 1, got {n_fit} and {n_eval}")
     editor = Editor.from_pretrained(base, adapter=adapter, device=device)
-    objective = FlowMatchingObjective(editor.pipe)
+    objective = FlowMatchingObjective(editor.pipe, masked_content=editor.sampler.masked_content)
     transformer = editor.pipe.transformer
     size, cell = editor.default_width, objective.pixel_multiple
     grid = size // cell

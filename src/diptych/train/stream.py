@@ -25,12 +25,11 @@ from PIL import Image, ImageChops, ImageFilter
 from ..canvas import FILL_REGIONS, PanelSize, compose_diptych, crop_right, region_fill_mask
 from ..errors import InputError
 from ..locator import token_region
-from ..prompts import build_prompt
+from ..prompts import UNCONDITIONAL_PROMPT, build_prompt
 from .data import DataError, EditDataset, EditSample, SampleError, skip_reason
 
 logger = logging.getLogger("diptych.train")
 
-DROPPED_PROMPT = " "  # what the official recipe trains the unconditional prompt as
 MAX_LOGGED_SKIPS = 10
 
 
@@ -122,6 +121,28 @@ def training_diptych(
     fit = fit_cover if cover else fit_stretch
     canvas, mask = compose_diptych(fit(source, panel))
     canvas.paste(fit(target, panel), (panel.width, 0))
+    return canvas, mask
+
+
+def edit_fill_mask(edit_mask: Image.Image, token: int) -> Image.Image:
+    """The Fill mask of a `fill_region="edit"` diptych from its canvas-sized edit mask (`edit_mask_canvas`): the
+    edit's token region (`locator.token_region`, `token` pixels a token) in the right panel. Outside it the target
+    equals the source (the region holds every changed pixel), so the masked canvas shows what the editor shows
+    at inference: the source around the located region."""
+    return region_fill_mask(token_region(crop_right(edit_mask), token))
+
+
+def training_layout(
+    sample: EditSample, panel: PanelSize, *, fill_region: str = "panel", token: int = 16, cover: bool = False
+) -> tuple[Image.Image, Image.Image]:
+    """The training canvas of `sample` and its Fill mask as an adapter trained with `fill_region` sees them: the
+    whole right panel, or ("edit") only the edit's region. For code that scores or tunes a trained adapter on
+    ground truth (task inversion, region losses) in its own layout."""
+    if fill_region not in FILL_REGIONS:
+        raise InputError(f"fill_region must be one of {', '.join(FILL_REGIONS)}, got {fill_region!r}")
+    canvas, mask = training_diptych(sample.source, sample.target, panel, cover=cover)
+    if fill_region == "edit":
+        mask = edit_fill_mask(edit_mask_canvas(sample, panel, cover=cover), token)
     return canvas, mask
 
 
@@ -269,15 +290,13 @@ class BatchStream:
         right = sample.target if self.right_panel == "target" else sample.source
         canvas, mask = training_diptych(sample.source, right, panel, cover=self.cover)
         drop = np.random.default_rng(seed_sequence(self.seed, epoch, position, 1)).random() < self.prompt_dropout
-        prompt = DROPPED_PROMPT if drop else build_prompt(sample.instruction, self.template)
+        prompt = UNCONDITIONAL_PROMPT if drop else build_prompt(sample.instruction, self.template)
         seed = sample_seed(self.seed, epoch, position)
         edit_mask = None
         if self.edit_masks or self.fill_region == "edit":
             edit_mask = edit_mask_canvas(sample, panel, cover=self.cover)
         if self.fill_region == "edit":
-            # Outside the region the target equals the source (the region holds every changed pixel), so the
-            # masked canvas shows what the editor shows at inference: the source around the located region.
-            mask = region_fill_mask(token_region(crop_right(edit_mask), self.token))
+            mask = edit_fill_mask(edit_mask, self.token)
         return TrainItem(canvas, mask, prompt, seed, epoch, position, index, sample.task, edit_mask)
 
     def _next_item(self) -> tuple[TrainItem, int]:
