@@ -9,11 +9,10 @@ import pytest
 from PIL import Image
 
 from diptych.canvas import PanelSize
-from diptych.prompts import build_prompt
+from diptych.prompts import UNCONDITIONAL_PROMPT, build_prompt
 from diptych.testing import random_image
 from diptych.train.data import CallableDataset, DataError, EditDataset, EditSample, SampleError
 from diptych.train.stream import (
-    DROPPED_PROMPT,
     BatchStream,
     epoch_order,
     first_samples,
@@ -99,11 +98,12 @@ def test_prompt_dropout_rate_and_determinism():
     dataset = Blocks([100])
     a = stream(dataset, batch_size=10, prompt_dropout=0.3)
     prompts = [it.prompt for _ in range(20) for it in a.next_batch()]
-    dropped = sum(p == DROPPED_PROMPT for p in prompts) / len(prompts)
+    dropped = sum(p == UNCONDITIONAL_PROMPT for p in prompts) / len(prompts)
     assert 0.2 < dropped < 0.4
     b = stream(dataset, batch_size=10, prompt_dropout=0.3)
     assert prompts == [it.prompt for _ in range(20) for it in b.next_batch()]
-    assert all(p == DROPPED_PROMPT for p in [it.prompt for it in stream(dataset, prompt_dropout=1.0).next_batch()])
+    dropped_all = [it.prompt for it in stream(dataset, prompt_dropout=1.0).next_batch()]
+    assert all(p == UNCONDITIONAL_PROMPT for p in dropped_all)
 
 
 def test_resume_continues_exactly_including_bucket_pending_and_skips():

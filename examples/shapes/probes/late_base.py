@@ -1,7 +1,7 @@
 """The base model finishes the edit (a probe, not project code): the adapter (and its task vectors) sample the
 first STEPS - K steps, then are switched off so the base model, which draws crisp objects, takes the last K
 steps; scored on the bench's validation edits with the locator's region. Results: docs/shapes.md.
-usage: PYTHONPATH=src python examples/shapes/probes/late_base.py ADAPTER LOCATOR K [K ...]
+usage: PYTHONPATH=src python examples/shapes/probes/late_base.py ADAPTER|moe LOCATOR K [K ...]
 """
 
 import json
@@ -16,7 +16,7 @@ from diptych.shapes.bench import run_bench, val_cases
 
 torch.set_num_threads(2)
 adapter, locator, ks = sys.argv[1], sys.argv[2], [int(k) for k in sys.argv[3:]]
-BASE, STEPS = "shapes:examples/shapes/models/objects", 28
+BASE, STEPS = "shapes", 28
 step = FillSampler.step
 late = {"k": 0}
 use_task_embedding = Editor.use_task_embedding

@@ -450,11 +450,15 @@ def run_demo(args: argparse.Namespace) -> int:
     editor = Editor.from_pretrained(args.base)
     edited = editor.edit(example.source_image, instruction, steps=args.steps)
     out = Path(args.out)
-    for name, image in (("before", example.source_image), ("after", edited), ("target", example.target_image)):
+    images = {"before": example.source_image, "after": edited, "target": example.target_image}
+    if editor.fill_region == "edit" and editor.locator is not None:
+        images["region"] = editor.locate(example.source_image, instruction)  # what the adapter was given to fill
+    for name, image in images.items():
         save_image_atomic(image, out / f"{name}.png")
     adapter = editor.adapter_kind or "no adapter"
     print(f"instruction: {instruction}")
-    print(f"model: {args.base} ({adapter}), {args.steps} steps")
+    located = ", filling the region its locator found (region.png)" if "region" in images else ""
+    print(f"model: {args.base} ({adapter}{located}), {args.steps} steps")
     if args.instruction is None:
         score = judge_edit(edited, example.edit)
         verdict = "success" if score.success else "not a success"
@@ -462,5 +466,6 @@ def run_demo(args: argparse.Namespace) -> int:
             f"ShapesEdit success rule: {verdict} (inside error {score.inside_error:.3f}, "
             f"outside {score.outside_error:.3f}; thresholds {score.t_inside:.3f} / {score.t_outside:.3f})"
         )
-    print(f"wrote {out / 'before.png'}, {out / 'after.png'} and {out / 'target.png'} (the ground truth)")
+    written = ", ".join(str(out / f"{name}.png") for name in images if name != "target")
+    print(f"wrote {written} and {out / 'target.png'} (the ground truth)")
     return 0
