@@ -21,6 +21,19 @@ FILL_REGIONS = ("panel", "edit")
 #: What the Fill condition shows under the mask: zeros (FLUX.1 Fill) or the source (`sampler.masked_canvas`).
 MASKED_CONTENTS = ("zero", "source")
 
+
+def check_fill_region(fill_region: str) -> None:
+    """Refuse a fill region that is not one of FILL_REGIONS (the editor, the training stream and layouts share it)."""
+    if fill_region not in FILL_REGIONS:
+        raise InputError(f"fill_region must be one of {', '.join(FILL_REGIONS)}, got {fill_region!r}")
+
+
+def check_masked_content(content: str) -> None:
+    """Refuse masked content that is not one of MASKED_CONTENTS (the editor and `sampler.masked_canvas` share it)."""
+    if content not in MASKED_CONTENTS:
+        raise InputError(f"masked content must be one of {', '.join(MASKED_CONTENTS)}, got {content!r}")
+
+
 #: Canvas pixel budget (2W x H): a 1024 x 1024 edit fits; larger needs `max_canvas_pixels` raised.
 DEFAULT_MAX_CANVAS_PIXELS = 2 * 1024 * 1024
 

@@ -92,10 +92,8 @@ class Editor:
         fill_region: str = "panel",
         masked_content: str = "zero",
     ):
-        if fill_region not in cv.FILL_REGIONS:
-            raise InputError(f"fill_region must be one of {', '.join(cv.FILL_REGIONS)}, got {fill_region!r}")
-        if masked_content not in cv.MASKED_CONTENTS:
-            raise InputError(f"masked_content must be one of {', '.join(cv.MASKED_CONTENTS)}, got {masked_content!r}")
+        cv.check_fill_region(fill_region)
+        cv.check_masked_content(masked_content)
         check_fill_transformer(pipe.transformer.config, pipe.vae.config, where="this pipeline")
         self.pipe = pipe
         self.encoder: PromptEncoder = encoder or FluxPromptEncoder(pipe)

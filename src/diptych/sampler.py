@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from safetensors.torch import load_file, save
 
-from .canvas import MASKED_CONTENTS
+from .canvas import check_masked_content
 from .errors import InputError
 from .files import write_atomic
 from .speed import CacheMode
@@ -158,8 +158,7 @@ def masked_canvas(canvas: torch.Tensor, fill: torch.Tensor, content: str = "zero
     panels, so the mask channel marks what may change while its old content stays visible token by token, as
     InstructPix2Pix concatenates the source image (an adapter trained so: `diptych train --masked-content source`).
     """
-    if content not in MASKED_CONTENTS:
-        raise InputError(f"masked content must be one of {', '.join(MASKED_CONTENTS)}, got {content!r}")
+    check_masked_content(content)
     if content == "zero":
         return canvas * (1 - fill)
     left = canvas[..., : canvas.shape[-1] // 2]

@@ -167,8 +167,8 @@ def invert_task(
     out as training diptychs of `resolution` panels with `template` prompts, and minimises the flow-matching
     loss with the vector added to the transformer's `temb`. Given an Editor, the diptychs are laid out as its
     adapter was trained: with `fill_region == "edit"`, only each example's edit region (the pixels that
-    change) is filled. The vector starts at zero (the unconditioned
-    model) or at `init_task`'s row of `base_embedding`. Returns `base_embedding` plus the new row (a new
+    change) is filled. The vector starts at zero (the unconditioned model) or at `init_task`'s row of
+    `base_embedding`. Returns `base_embedding` plus the new row (a new
     object; `base_embedding` itself is not modified), or a one-task embedding when there is no base.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ..canvas import FILL_REGIONS, MASKED_CONTENTS
 from ..cli_options import BUILTIN_PANEL, add_threads_option, is_builtin_base
 
 TRAIN_EXAMPLES = """\
@@ -143,13 +144,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--fill-region",
-        choices=("panel", "edit"),
+        choices=FILL_REGIONS,
         help="what the Fill mask covers: 'panel' the whole right panel (official, default); 'edit' only the "
         "sample's edit region, the source around it: an adapter for located edits (`diptych edit --mask auto`)",
     )
     data.add_argument(
         "--masked-content",
-        choices=("zero", "source"),
+        choices=MASKED_CONTENTS,
         help="what the Fill condition shows under the mask: 'zero' (FLUX.1 Fill, default) or 'source' (the old "
         "content stays visible, as InstructPix2Pix concatenates the source image)",
     )

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from ..canvas import FILL_REGIONS, PanelSize, compose_diptych, crop_right, region_fill_mask
+from ..canvas import PanelSize, check_fill_region, compose_diptych, crop_right, region_fill_mask
 from ..errors import InputError
 from ..locator import token_region
 from ..prompts import UNCONDITIONAL_PROMPT, build_prompt
@@ -138,8 +138,7 @@ def training_layout(
     """The training canvas of `sample` and its Fill mask as an adapter trained with `fill_region` sees them: the
     whole right panel, or ("edit") only the edit's region. For code that scores or tunes a trained adapter on
     ground truth (task inversion, region losses) in its own layout."""
-    if fill_region not in FILL_REGIONS:
-        raise InputError(f"fill_region must be one of {', '.join(FILL_REGIONS)}, got {fill_region!r}")
+    check_fill_region(fill_region)
     canvas, mask = training_diptych(sample.source, sample.target, panel, cover=cover)
     if fill_region == "edit":
         mask = edit_fill_mask(edit_mask_canvas(sample, panel, cover=cover), token)
@@ -205,8 +204,7 @@ class BatchStream:
             raise ValueError(f"prompt_dropout must be between 0 and 1, got {prompt_dropout}")
         if right_panel not in ("target", "source"):
             raise ValueError(f"right_panel must be 'target' or 'source', got {right_panel!r}")
-        if fill_region not in FILL_REGIONS:
-            raise ValueError(f"fill_region must be one of {', '.join(FILL_REGIONS)}, got {fill_region!r}")
+        check_fill_region(fill_region)
         if len(dataset) < world_size:
             raise DataError(f"the dataset has {len(dataset)} rows, fewer than the {world_size} processes")
         self.dataset = dataset
