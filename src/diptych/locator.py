@@ -157,7 +157,7 @@ class Locator:
         local_files_only: bool = False,
     ) -> Locator:
         """The base's transformer (a hub id, a diffusers folder or `shapes[:FOLDER]`) with the locator file's
-        LoRA (and q/k norm gains, if trained) loaded into it, and its head."""
+        LoRA (and q/k norm gains, if trained) fused into it, and its head."""
         path = Path(locator)
         if path.is_dir():
             path = path / LOCATOR_WEIGHT_NAME
@@ -183,6 +183,11 @@ class Locator:
         except RuntimeError as err:
             raise WeightsError(f"{path}: its head does not fit this transformer ({err})") from err
         load_locator_adapter(transformer, {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)})
+        if getattr(transformer, "peft_config", None):
+            # The locator's transformer is its own, so its LoRA never comes off: merge it into the base weights
+            # (diffusers' fuse, then drop the peft layers) and each locating pass is a plain forward.
+            transformer.fuse_lora(adapter_names=["locator"])
+            transformer.unload_lora()
         transformer = transformer.to(device).eval().requires_grad_(False)
         head = head.to(device).eval().requires_grad_(False)
         return cls(transformer, head, timestep=float(metadata.get("timestep", LOCATE_TIMESTEP)))

@@ -44,6 +44,8 @@ def squares(tmp_path_factory) -> Path:
 def test_a_locator_learns_where_the_named_square_is_and_the_editor_loads_it(
     tiny_base, squares, tmp_path, fast, read_metrics
 ):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     from diptych.editor import Editor, EditRequest
     from diptych.locator import Locator
     from diptych.train.locate import HEAD_ATTRIBUTE
@@ -67,6 +69,8 @@ def test_a_locator_learns_where_the_named_square_is_and_the_editor_loads_it(
 
     editor = Editor.from_pretrained(tiny_base, device="cpu", dtype="fp32", locator=out)
     editor.default_width = SIZE
+    # the LoRA is fused into the locator's own transformer: no peft layers left to run
+    assert not any(isinstance(m, BaseTunerLayer) for m in editor.locator.transformer.modules())
     trained = trainer.unwrapped.eval()
     in_training = Locator(trained, getattr(trained, HEAD_ATTRIBUTE))
     margins = []
@@ -76,7 +80,7 @@ def test_a_locator_learns_where_the_named_square_is_and_the_editor_loads_it(
         located = editor.locator.probabilities(editor.pipe, [item.canvas], [item.fill_mask], embeds, pooled)[0]
         # the file reproduces the model as trained (LoRA with alpha folded in, head, q/k norms if any)
         expected = in_training.probabilities(trainer.pipe, [item.canvas], [item.fill_mask], embeds, pooled)[0]
-        np.testing.assert_allclose(located, expected, atol=1e-5)
+        np.testing.assert_allclose(located, expected, atol=1e-4)
         square = np.zeros((4, 4), bool)  # tokens of 4 px
         square[y // 4 : y // 4 + 2, x // 4 : x // 4 + 2] = True
         margins.append(located[square].mean() - located[np.roll(square, (2, 2), axis=(0, 1))].mean())
