@@ -33,20 +33,42 @@ def mask_of(box: tuple[int, int, int, int], size: int = SIZE) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def test_token_region_snaps_to_tokens_keeps_every_masked_pixel_and_adds_half_a_token():
-    # 5 x 5 pixels at (1, 1) on 4-px tokens: 9/16 of the first token and 6/16 of its right and lower neighbours
-    # (kept whole), 4/16 of the diagonal one (below 30%: only its masked pixels)
-    region = np.asarray(token_region(mask_of((1, 1, 6, 6)), 4)) > 0
-    core = np.zeros((SIZE, SIZE), bool)
-    core[:4, :8] = core[:8, :4] = True  # the tokens holding >= 30% of the mask
-    core[1:6, 1:6] = True  # every masked pixel
+def grown_by_half_a_token(tokens: np.ndarray, token: int = 4) -> np.ndarray:
+    """Whole `token`-px tokens of a (rows, cols) grid upsampled, then 2 px (half a token) around each pixel."""
+    core = np.kron(tokens, np.ones((token, token), dtype=bool))
     grown = np.zeros_like(core)
     for y, x in zip(*np.nonzero(core), strict=True):
-        grown[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = True  # half a token (2 px) around each
-    assert np.array_equal(region, grown)
-    assert region[:, :10].any() and not region[10:, :].any() and not region[:, 10:].any()
+        grown[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = True
+    return grown
+
+
+def test_token_region_is_whole_tokens_grown_by_half_a_token_never_the_masks_outline():
+    # 5 x 5 pixels at (1, 1) on 4-px tokens: 9/16 of the first token and 6/16 of its right and lower neighbours
+    # (chosen), 4/16 of the diagonal one (below 30%; its masked pixels lie in the margin of the chosen ones)
+    region = np.asarray(token_region(mask_of((1, 1, 6, 6)), 4)) > 0
+    tokens = np.zeros((4, 4), bool)
+    tokens[0, :2] = tokens[:2, 0] = True
+    assert np.array_equal(region, grown_by_half_a_token(tokens))
+    # the same region for another outline over the same tokens: the mask's shape does not show through
+    corner = np.asarray(mask_of((0, 0, 6, 4))) | np.asarray(mask_of((0, 0, 4, 6)))  # another outline, same tokens
+    assert np.array_equal(np.asarray(token_region(Image.fromarray(corner), 4)) > 0, region)
     with pytest.raises(ValueError, match="whole number of 4-pixel tokens"):
         token_region(mask_of((0, 0, 3, 3), size=10), 4)
+
+
+def test_token_region_adds_the_token_of_a_masked_pixel_its_margin_leaves_out():
+    pixels = np.asarray(mask_of((0, 0, 4, 4))).copy()
+    pixels[13, 13] = 255  # 1/16 of token (3, 3), far from token (0, 0)
+    region = np.asarray(token_region(Image.fromarray(pixels), 4)) > 0
+    tokens = np.zeros((4, 4), bool)
+    tokens[0, 0] = tokens[3, 3] = True
+    assert np.array_equal(region, grown_by_half_a_token(tokens))
+    # a mask below the share everywhere still gets the tokens it touches; an empty one, no region
+    small = np.asarray(token_region(mask_of((3, 3, 5, 5)), 4)) > 0
+    four = np.zeros((4, 4), bool)
+    four[:2, :2] = True  # 1 of 16 pixels in each of four tokens
+    assert np.array_equal(small, grown_by_half_a_token(four))
+    assert not np.asarray(token_region(mask_of((0, 0, 0, 0)), 4)).any()
 
 
 def test_region_fill_mask_puts_the_region_on_the_right_panel_only():

@@ -124,17 +124,25 @@ def region_mask(
 
 
 def token_region(mask: Image.Image, token: int, *, share: float = REGION_SHARE) -> Image.Image:
-    """The region a locator marks for an edit mask (one panel, 'L', white = changed), as `region_mask` draws it:
-    whole tokens holding at least `share` of the mask's pixels, plus every masked pixel (nothing the edit changes
-    is left outside), dilated by half a token. What an adapter trained with `fill_region: edit` fills."""
-    pixels = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    """The region a locator marks for an edit mask (one panel, 'L', white = changed), drawn as `region_mask` draws
+    a locator's prediction: the tokens holding at least `share` of the mask's pixels, and any other token holding a
+    masked pixel that half a token of margin around those leaves out (nothing the edit changes is left outside),
+    nearest-upsampled and dilated by half a token. What an adapter trained with `fill_region: edit` fills.
+
+    Whole tokens only, never the mask's pixel outline: a Fill mask that traces the target's outline tells an
+    adapter the new shape and position, which it learns to copy, and a locator (per token) cannot give it
+    (docs/shapes.md, "The region's outline")."""
+    pixels = np.asarray(mask.convert("L")) > 0
     h, w = pixels.shape
     if w % token or h % token:
         raise ValueError(f"a {w}x{h} mask is not a whole number of {token}-pixel tokens")
-    shares = pixels.reshape(h // token, token, w // token, token).mean(axis=(1, 3))
-    chosen = np.kron(shares >= share, np.ones((token, token), dtype=bool)) | (pixels > 0)
-    region = Image.fromarray(chosen.astype(np.uint8) * 255)
-    return region.filter(ImageFilter.MaxFilter(2 * (token // 2) + 1))
+    if not pixels.any():
+        return Image.new("L", (w, h), 0)
+    chosen = pixels.reshape(h // token, token, w // token, token).mean(axis=(1, 3)) >= share
+    covered = np.asarray(region_mask(chosen.astype(np.float32), (w, h), dilate=token // 2)) > 0
+    stray = pixels & ~covered if chosen.any() else pixels  # (region_mask marks the likeliest token of an empty grid)
+    chosen |= stray.reshape(h // token, token, w // token, token).any(axis=(1, 3))
+    return region_mask(chosen.astype(np.float32), (w, h), dilate=token // 2)
 
 
 class Locator:
