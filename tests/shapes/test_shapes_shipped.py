@@ -67,7 +67,7 @@ def test_shipped_weights_fit_the_budget():
 def test_the_shipped_model_edits():
     """The built-in model — the object base, the LoRA-MoE + task embedding trained to fill edit regions, and the
     locator that finds them — succeeds on most held-out mirror and remove edits (bench over 200 test edits:
-    mirror 96%, remove 88%; all nine operations 39.0%, docs/shapes.md), where the bare base, which copies the
+    mirror 100%, remove 88%; all nine operations 59.0%, docs/shapes.md), where the bare base, which copies the
     scene, succeeds on none."""
     from diptych.shapes.bench import heldout_cases, run_bench
 
