@@ -415,3 +415,32 @@ def test_a_fill_layout_adapter_records_it_and_the_editor_lays_out_edits_so(tiny_
     assert (tmp_path / "run/validation/step-0000002.png").is_file()  # validated with the samples' own regions
     editor = Editor.from_pretrained(tiny_base, adapter=str(result.adapter), device="cpu", dtype="fp32")
     assert (editor.fill_region, editor.sampler.masked_content) == ("edit", "source")
+
+
+@pytest.mark.parametrize("adapter", ["lora", "moe"])
+def test_a_run_can_start_from_an_exported_adapter(tiny_base, tmp_path, make_pairs, fast, adapter):
+    from diptych.errors import WeightsError
+
+    folder = make_pairs(tmp_path / "pairs", 2)
+    rows = [json.loads(line) | {"task": "background"} for line in (folder / "data.jsonl").read_text().splitlines()]
+    (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))  # task vectors train
+    options = {**fast, "base": tiny_base, "data": str(folder), "adapter": adapter, "optimizer": "adamw"}
+    options |= {"task_embedding": adapter == "moe", "weight_decay": 0.0, "batch_size": 2, "prompt_dropout": 0.0}
+    first = Trainer(TrainConfig(output=str(tmp_path / "first"), lr=5e-2, max_steps=3, **options), show_progress=False)
+    exported = first.train().adapter
+    # a second run started from the export, with a step too small to move anything, exports the same weights
+    config = TrainConfig(output=str(tmp_path / "second"), lr=1e-12, max_steps=1, init_adapter=str(exported), **options)
+    again = Trainer(config, show_progress=False).train().adapter
+    before, after = load_file(str(exported)), load_file(str(again))
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert max(v.abs().max() for k, v in before.items() if "lora_B" in k) > 1e-3  # not the zero-initialised B
+    if adapter == "moe":  # the task vectors came along
+        vectors = [load_file(str(p / "task_embedding.safetensors"))["weight"] for p in (exported.parent, again.parent)]
+        assert vectors[0].abs().max() > 0 and torch.allclose(*vectors, atol=1e-6)
+    # an adapter of another rank is refused, naming what differs
+    other = TrainConfig(
+        output=str(tmp_path / "third"), lr=1e-3, max_steps=1, init_adapter=str(exported), **(options | {"rank": 2})
+    )
+    with pytest.raises(WeightsError, match=r"(does not fit|here)"):
+        Trainer(other, show_progress=False).train()

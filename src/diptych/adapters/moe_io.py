@@ -156,6 +156,45 @@ def load_moe_adapter(
     return config
 
 
+def copy_moe_weights(transformer: nn.Module, source: str | os.PathLike[str] | Mapping[str, torch.Tensor]) -> int:
+    """Copy a checkpoint into the adapter layers `transformer` already has (`inject_moe` first): the way to
+    fine-tune or continue a saved adapter with fresh optimizer state. Both sides must hold the same modules, weights,
+    shapes and alphas, checked before anything is copied (a `WeightsError` lists what differs). Returns the number
+    of tensors copied."""
+    state_dict, metadata = _read(source)
+    state_dict, gains = _split_qk_norms(state_dict)
+    groups = _group(state_dict)
+    layers = adapter_layers(transformer)
+    alphas = _alphas(metadata, groups, {})
+    problems = [f"{path}: in the checkpoint, not adapted in the model" for path in sorted(set(groups) - set(layers))]
+    problems += [f"{path}: adapted in the model, not in the checkpoint" for path in sorted(set(layers) - set(groups))]
+    targets: list[tuple[nn.Parameter, torch.Tensor]] = []
+    for path in sorted(set(groups) & set(layers)):
+        tensors = groups[path].tensors
+        params = {n: p for n, p in layers[path].named_parameters() if not n.startswith("base.")}
+        for name in sorted(tensors.keys() | params.keys()):
+            tensor, param = tensors.get(name), params.get(name)
+            if tensor is None or param is None:
+                problems.append(f"{path}.{name}: only in the {'model' if tensor is None else 'checkpoint'}")
+            elif tensor.shape != param.shape:
+                problems.append(f"{path}.{name}: {tuple(tensor.shape)} in the checkpoint, {tuple(param.shape)} here")
+            else:
+                targets.append((param, tensor))
+        if path in alphas and alphas[path] != layers[path].alpha:
+            problems.append(f"{path}: alpha {alphas[path]:g} in the checkpoint, {layers[path].alpha:g} here")
+    _raise_if(
+        problems,
+        "the checkpoint does not fit this model's adapter",
+        "Use the experts, ranks, alphas and targets it was trained with",
+    )
+    if gains:
+        load_qk_norms(transformer, gains)
+    with torch.no_grad():
+        for param, tensor in targets:
+            param.copy_(tensor)
+    return len(targets)
+
+
 def _split_qk_norms(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
     """(the LoRA / MoE tensors, the attention q/k norm gains an adapter trained with `--train-norms` carries)."""
     gains = {k: v for k, v in state_dict.items() if is_qk_norm_key(k)}

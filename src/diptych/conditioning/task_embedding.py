@@ -304,11 +304,16 @@ def load_task_embedding(path: str | os.PathLike[str], *, device: torch.device | 
 
 
 def find_task_embedding(adapter: str | os.PathLike[str] | None) -> Path | None:
-    """The task embedding saved next to an adapter by `diptych train --task-embedding` (folder or file
-    inside it), or None."""
+    """The task embedding saved next to an adapter, or None: `<name>_task_embedding.safetensors` beside an
+    adapter file `<name>.safetensors` (the built-in model's layout), else the `task_embedding.safetensors` that
+    `diptych train --task-embedding` writes in the run folder (given as the folder or a file inside it)."""
     if adapter is None:
         return None
     path = Path(adapter)
+    if path.is_file():
+        sibling = path.with_name(f"{path.stem}_{TASK_EMBEDDING_FILE}")
+        if sibling.is_file():
+            return sibling
     folder = path if path.is_dir() else path.parent
     found = folder / TASK_EMBEDDING_FILE
     return found if found.is_file() else None

@@ -67,11 +67,26 @@ def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
 
 
+def code_panels_apart(vae: AutoencoderKL, panel: int = PANEL) -> AutoencoderKL:
+    """Make `vae` encode and decode each `panel`-pixel square of a canvas on its own: diffusers' tiling with tiles the
+    size of a panel and no overlap (so no blending either). The ShapesEdit VAE was trained on single scenes; over a
+    two-panel canvas its GroupNorm statistics and mid-block attention mix the panels, which shifts the colours of a
+    panel that differs from the other all over: a background change or an inversion keeps only 73-84% of its colour
+    change through a round trip of the canvas, 99.5% panel by panel (docs/shapes.md, "The canvas VAE"). Canvases no
+    wider or taller than a panel are coded whole, as before."""
+    vae.enable_tiling()
+    vae.tile_sample_min_size = panel
+    vae.tile_latent_min_size = panel // 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.tile_overlap_factor = 0.0
+    return vae
+
+
 def assemble_pipeline(vae: AutoencoderKL, transformer: FluxTransformer2DModel) -> FluxFillPipeline:
-    """A `FluxFillPipeline` without CLIP/T5: text goes through a `PromptEncoder` (MiniLM) instead."""
+    """A `FluxFillPipeline` without CLIP/T5: text goes through a `PromptEncoder` (MiniLM) instead. Its VAE codes
+    each panel of a canvas on its own (`code_panels_apart`)."""
     return FluxFillPipeline(
         scheduler=build_scheduler(),
-        vae=vae.eval(),
+        vae=code_panels_apart(vae).eval(),
         text_encoder=None,
         tokenizer=None,
         text_encoder_2=None,

@@ -110,6 +110,57 @@ def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def init_adapter_weights(transformer: nn.Module, config: TrainConfig, adapter: str | os.PathLike[str]) -> Path:
+    """Start the adapter just added for `config` from an exported one (a file or a run folder, as `diptych edit
+    --lora` takes it) instead of its fresh initialisation: continuing an adapter whose checkpoints are gone, or
+    fine-tuning one. Every tensor is checked against the model before any is copied. Returns the file read."""
+    from ..adapters.lora import (
+        is_qk_norm_key,
+        load_qk_norms,
+        read_adapter_state_dict,
+        resolve_adapter_file,
+        summarize_problems,
+    )
+    from ..adapters.moe_io import copy_moe_weights, strip_prefix
+    from ..errors import WeightsError
+
+    path = resolve_adapter_file(adapter, local_files_only=True)
+    if config.adapter == "moe":
+        copy_moe_weights(transformer, path)
+        return path
+    from peft.utils import set_peft_model_state_dict
+
+    state = {strip_prefix(k): v for k, v in read_adapter_state_dict(path).items()}
+    gains = {k: v for k, v in state.items() if is_qk_norm_key(k)}
+    expected = lora_state_dict(transformer)  # B with alpha / rank folded in, as export_adapter writes it
+    problems = [f"{k}: only in {path.name}" for k in sorted(state.keys() - expected.keys() - gains.keys())]
+    problems += [f"{k}: not in {path.name}" for k in sorted(expected.keys() - state.keys())]
+    problems += [
+        f"{k}: {tuple(state[k].shape)} in {path.name}, {tuple(v.shape)} here"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        raise WeightsError(
+            f"adapter {path} does not fit the LoRA of this config: {summarize_problems(problems)}. Use the rank "
+            "and targets it was trained with"
+        )
+    scalings = {
+        name: float(next(iter(module.scaling.values())))
+        for name, module in transformer.named_modules()
+        if isinstance(getattr(module, "scaling", None), dict) and module.scaling
+    }
+    unfolded = {
+        k: v / scalings.get(k.split(".lora_B.")[0], 1.0) if ".lora_B." in k else v
+        for k, v in state.items()
+        if k in expected
+    }
+    set_peft_model_state_dict(transformer, unfolded)
+    if gains:
+        load_qk_norms(transformer, gains)
+    return path
+
+
 def export_adapter(transformer: nn.Module, config: TrainConfig, folder: Path) -> Path:
     """Write the adapter into `folder` (atomically) in the format `diptych edit --lora` loads; returns it."""
     folder.mkdir(parents=True, exist_ok=True)

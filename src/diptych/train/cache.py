@@ -139,11 +139,19 @@ class TensorStore:
         self._index(shard)
 
 
+def vae_tiling(vae: torch.nn.Module) -> tuple[object, ...]:
+    """The VAE's tiling settings when tiling is on (they change its latents), else nothing: caches of untiled
+    VAEs keep their names."""
+    if not getattr(vae, "use_tiling", False):
+        return ()
+    return ("tiling", vae.tile_sample_min_size, vae.tile_latent_min_size, vae.tile_overlap_factor)
+
+
 class LatentCache:
     """VAE posteriors of (canvas, masked canvas) pairs, keyed by the canvas and its Fill mask."""
 
     def __init__(self, folder: str | Path, vae: torch.nn.Module, **kwargs):
-        self.store = TensorStore(Path(folder) / f"vae-{model_fingerprint(vae)}", **kwargs)
+        self.store = TensorStore(Path(folder) / f"vae-{model_fingerprint(vae, *vae_tiling(vae))}", **kwargs)
 
     def keys(
         self, canvases: Sequence[Image.Image], fill_masks: Sequence[Image.Image], masked_content: str = "zero"

@@ -32,6 +32,10 @@ examples:
   diptych train ... --output runs/lora              # resumes automatically
   diptych train ... --output runs/lora --no-resume  # refuses if checkpoints exist
 
+  # continue the built-in LoRA-MoE from its shipped weights (fresh optimizer, cosine over --max-steps)
+  diptych train --config examples/shapes/moe-located.yaml --output runs/moe-more --max-steps 12000 \
+      --lr 1e-3 --init-adapter src/diptych/shapes/weights/adapters/moe.safetensors
+
   # a locator (which object does the instruction name?) for `diptych edit --mask auto`, on the built-in model
   diptych train --base shapes --data runs/data/recolor-8k --objective locate --optimizer adamw --lr 2e-3 \
       --batch-size 32 --max-steps 1500 --output runs/locator   # -> runs/locator/locator.safetensors
@@ -83,6 +87,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task-embedding",
         action=argparse.BooleanOptionalAction,
         help="also learn Emu Edit task vectors from each sample's task (saved as task_embedding.safetensors)",
+    )
+    adapter.add_argument(
+        "--init-adapter",
+        metavar="PATH",
+        help="start from this exported adapter (file or run folder; its task_embedding.safetensors too) instead of "
+        "a fresh one: continue an adapter whose checkpoints are gone, or fine-tune one (fresh optimizer and lr "
+        "schedule; same adapter options as it was trained with)",
     )
     adapter.add_argument(
         "--train-norms",

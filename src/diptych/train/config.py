@@ -77,6 +77,9 @@ class TrainConfig:
     dispatch: str = "dense"
     balance_loss_weight: float = 0.0  # > 0 adds the Switch-Transformer load-balancing loss
     task_embedding: bool = False  # Emu Edit: also learn one vector per task (diptych.emu.task_embedding)
+    # start the adapter (and its task vectors) from this exported adapter, a file or a run folder, instead of a fresh
+    # initialisation; a resumed checkpoint takes precedence
+    init_adapter: str | None = None
     train_norms: bool = False  # also train the attention q/k RMSNorm gains (adapters.QK_NORMS), saved in the adapter
     # optimisation
     optimizer: str = "prodigy"
@@ -159,6 +162,8 @@ class TrainConfig:
                 "a locator reads the canvas the editor builds: use fill_region 'panel' and masked_content 'zero' "
                 "with objective 'locate'"
             )
+        if self.init_adapter is not None and self.objective == "locate":
+            raise ConfigError("init_adapter starts an edit adapter; a locator cannot start from one (drop it)")
         if self.objective == "locate" and (self.adapter != "lora" or self.task_embedding):
             raise ConfigError(
                 "objective 'locate' trains a plain LoRA and its head: use adapter lora without task_embedding"

@@ -25,7 +25,7 @@ from .. import checkpoints as ckpt
 from ..canvas import PanelSize, crop_right
 from ..files import write_atomic
 from ..images import save_image_atomic
-from .adapters import add_lora, add_moe, export_adapter, trainable_parameters
+from .adapters import add_lora, add_moe, export_adapter, init_adapter_weights, trainable_parameters
 from .config import ConfigError, TrainConfig, write_yaml
 from .data import EditDataset, EditSample, open_dataset
 from .objective import FlowMatchingObjective
@@ -195,6 +195,8 @@ class Trainer:
             from ..conditioning.task_embedding import TaskEmbedding, attach_task_embedding
 
             self.task_embedding = attach_task_embedding(transformer, TaskEmbedding.for_transformer(transformer))
+        if cfg.init_adapter is not None and self.resume_from is None:  # a checkpoint holds newer weights
+            self._init_from_adapter(transformer)
         params = trainable_parameters(transformer)
         for p in params.values():  # adapters train in fp32 even when the frozen base is bf16
             p.data = p.data.float()
@@ -220,6 +222,26 @@ class Trainer:
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.ema_decay is not None:
             self.ema = {n: p.detach().float().clone() for n, p in params.items()}
+
+    def _init_from_adapter(self, transformer: torch.nn.Module) -> None:
+        """The adapter's (and task vectors') starting weights from `init_adapter` (train/adapters.py)."""
+        cfg = self.config
+        path = init_adapter_weights(transformer, cfg, cfg.init_adapter)
+        message = f"adapter initialised from {path}"
+        if self.task_embedding is not None:
+            from ..conditioning.task_embedding import find_task_embedding, load_task_embedding
+
+            found = find_task_embedding(path)
+            if found is None:
+                message += "; no task embedding beside it: the task vectors start afresh"
+            else:
+                saved = load_task_embedding(found)
+                if saved.names != self.task_embedding.names or saved.dim != self.task_embedding.dim:
+                    raise ConfigError(f"task embedding {found} has other tasks or width than this run's")
+                with torch.no_grad():
+                    self.task_embedding.table.weight.copy_(saved.table.weight)
+                message += f" and its task vectors from {found}"
+        logger.info(message)
 
     def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         cfg = self.config
