@@ -199,6 +199,11 @@ def test_save_load_round_trip_and_adding_a_task(tmp_path, transformer):
     assert find_task_embedding(tmp_path / "run") == tmp_path / "run" / TASK_EMBEDDING_FILE
     assert find_task_embedding(tmp_path / "run" / "adapter.safetensors") == tmp_path / "run" / TASK_EMBEDDING_FILE
     assert find_task_embedding(tmp_path) is None and find_task_embedding(None) is None
+    # the built-in model's layout: NAME_task_embedding.safetensors beside the adapter file NAME.safetensors
+    sibling = tmp_path / "run" / "moe_task_embedding.safetensors"
+    (tmp_path / "run" / "moe.safetensors").touch()
+    save_task_embedding(embedding, sibling)
+    assert find_task_embedding(tmp_path / "run" / "moe.safetensors") == sibling
     assert load_task_embedding(tmp_path / "run").names == embedding.names
 
 

@@ -93,6 +93,13 @@ def test_cached_encoding_draws_the_same_latents_and_reads_from_disk(pipe, tmp_pa
     # another VAE gets its own namespace
     other_vae = build_tiny_fill_pipeline(seed=4).vae
     assert LatentCache(tmp_path, other_vae).store.folder != reopened.store.folder
+    # so does the same VAE tiled (its latents change): a tiled run never reads untiled entries
+    other_vae.enable_tiling()
+    tiled = LatentCache(tmp_path, other_vae).store.folder
+    other_vae.tile_overlap_factor = 0.0
+    assert LatentCache(tmp_path, other_vae).store.folder != tiled
+    other_vae.disable_tiling()
+    assert LatentCache(tmp_path, other_vae).store.folder not in (tiled, reopened.store.folder)
 
 
 def test_cached_prompt_encoder_encodes_each_prompt_once(tmp_path):

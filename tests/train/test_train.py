@@ -312,6 +312,9 @@ def test_bad_resolution_and_data_fail_before_the_model_loads(tiny_base, tmp_path
     assert "multiples of 4" in capsys.readouterr().err
     assert main([*args, "--data", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    missing = tmp_path / "gone" / "adapter.safetensors"
+    assert main([*args, "--data", str(data), "--init-adapter", str(missing)]) == 2
+    assert f"adapter {missing} does not exist" in capsys.readouterr().err
     config = TrainConfig(base=tiny_base, data=str(data), output=str(tmp_path / "x"), cpu=True)
     trainer = Trainer(config, show_progress=False)
     trainer.accelerator = object()

@@ -87,6 +87,16 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def lora_scalings(transformer: nn.Module) -> dict[str, float]:
+    """Each peft LoRA layer's alpha / rank, by module path."""
+    scalings = {}
+    for name, module in transformer.named_modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict) and scaling:
+            scalings[name] = float(next(iter(scaling.values())))
+    return scalings
+
+
 def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
     """The peft LoRA weights in diffusers' key layout, with alpha / rank folded into B.
 
@@ -96,11 +106,7 @@ def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(transformer)
-    scalings = {}
-    for name, module in transformer.named_modules():
-        scaling = getattr(module, "scaling", None)
-        if isinstance(scaling, dict) and scaling:
-            scalings[name] = float(next(iter(scaling.values())))
+    scalings = lora_scalings(transformer)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         tensor = tensor.detach().to("cpu", torch.float32)
@@ -110,24 +116,23 @@ def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def init_adapter_weights(transformer: nn.Module, config: TrainConfig, adapter: str | os.PathLike[str]) -> Path:
-    """Start the adapter just added for `config` from an exported one (a file or a run folder, as `diptych edit
-    --lora` takes it) instead of its fresh initialisation: continuing an adapter whose checkpoints are gone, or
-    fine-tuning one. Every tensor is checked against the model before any is copied. Returns the file read."""
+def init_adapter_weights(transformer: nn.Module, config: TrainConfig, path: Path) -> None:
+    """Start the adapter just added for `config` from an exported one (its `.safetensors` file: `resolve_adapter_file`
+    of a file or run folder, as `diptych edit --lora` takes it) instead of its fresh initialisation: continuing an
+    adapter whose checkpoints are gone, or fine-tuning one. Every tensor is checked against the model before any
+    is copied."""
     from ..adapters.lora import (
         is_qk_norm_key,
         load_qk_norms,
         read_adapter_state_dict,
-        resolve_adapter_file,
         summarize_problems,
     )
     from ..adapters.moe_io import copy_moe_weights, strip_prefix
     from ..errors import WeightsError
 
-    path = resolve_adapter_file(adapter, local_files_only=True)
     if config.adapter == "moe":
         copy_moe_weights(transformer, path)
-        return path
+        return
     from peft.utils import set_peft_model_state_dict
 
     state = {strip_prefix(k): v for k, v in read_adapter_state_dict(path).items()}
@@ -145,11 +150,7 @@ def init_adapter_weights(transformer: nn.Module, config: TrainConfig, adapter: s
             f"adapter {path} does not fit the LoRA of this config: {summarize_problems(problems)}. Use the rank "
             "and targets it was trained with"
         )
-    scalings = {
-        name: float(next(iter(module.scaling.values())))
-        for name, module in transformer.named_modules()
-        if isinstance(getattr(module, "scaling", None), dict) and module.scaling
-    }
+    scalings = lora_scalings(transformer)
     unfolded = {
         k: v / scalings.get(k.split(".lora_B.")[0], 1.0) if ".lora_B." in k else v
         for k, v in state.items()
@@ -158,7 +159,6 @@ def init_adapter_weights(transformer: nn.Module, config: TrainConfig, adapter: s
     set_peft_model_state_dict(transformer, unfolded)
     if gains:
         load_qk_norms(transformer, gains)
-    return path
 
 
 def export_adapter(transformer: nn.Module, config: TrainConfig, folder: Path) -> Path:

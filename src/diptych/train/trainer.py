@@ -101,6 +101,11 @@ class Trainer:
         self.resume_from = ckpt.resolve_resume(cfg.checkpoint_dir, cfg.resume)
         if self.resume_from is not None:
             self._check_signature(self.resume_from)
+        self.init_file = None  # the adapter file a fresh run starts from (a checkpoint holds newer weights)
+        if cfg.init_adapter is not None and self.resume_from is None:
+            from ..adapters.lora import resolve_adapter_file
+
+            self.init_file = resolve_adapter_file(cfg.init_adapter, local_files_only=True)
         if self.pipe is None:
             from ..cli_options import is_builtin_base
             from ..loading import load_fill_pipeline
@@ -195,8 +200,8 @@ class Trainer:
             from ..conditioning.task_embedding import TaskEmbedding, attach_task_embedding
 
             self.task_embedding = attach_task_embedding(transformer, TaskEmbedding.for_transformer(transformer))
-        if cfg.init_adapter is not None and self.resume_from is None:  # a checkpoint holds newer weights
-            self._init_from_adapter(transformer)
+        if self.init_file is not None:
+            self._init_from_adapter(transformer, self.init_file)
         params = trainable_parameters(transformer)
         for p in params.values():  # adapters train in fp32 even when the frozen base is bf16
             p.data = p.data.float()
@@ -223,10 +228,9 @@ class Trainer:
         if cfg.ema_decay is not None:
             self.ema = {n: p.detach().float().clone() for n, p in params.items()}
 
-    def _init_from_adapter(self, transformer: torch.nn.Module) -> None:
-        """The adapter's (and task vectors') starting weights from `init_adapter` (train/adapters.py)."""
-        cfg = self.config
-        path = init_adapter_weights(transformer, cfg, cfg.init_adapter)
+    def _init_from_adapter(self, transformer: torch.nn.Module, path: Path) -> None:
+        """The adapter's (and task vectors') starting weights from the `init_adapter` file (train/adapters.py)."""
+        init_adapter_weights(transformer, self.config, path)
         message = f"adapter initialised from {path}"
         if self.task_embedding is not None:
             from ..conditioning.task_embedding import find_task_embedding, load_task_embedding
