@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from diptych.editor import EditRequest
 from diptych.errors import InputError, WeightsError
 from diptych.locator import Locator, region_mask
 from diptych.shapes.bench import variant_options
@@ -49,6 +50,33 @@ def test_auto_mask_edits_inside_the_located_region_and_keeps_every_pixel_outside
     # every token above 0.5: the whole panel, the unmasked edit
     editor.use_locator(constant_locator(tiny_base, 5.0))
     assert np.array_equal(pixels(editor.edit(source, "make it red", seed=1, steps=3, mask="auto", feather=0)), plain)
+
+
+class WordPredictor:
+    """A task predictor that answers "color_filter" for instructions with "invert" in them, else "local"."""
+
+    def predict(self, instructions):
+        return ["color_filter" if "invert" in text else "local" for text in instructions]
+
+
+def test_whole_image_tasks_are_not_located(tiny_base, editor):
+    from diptych.conditioning.task_embedding import TaskEmbedding
+    from diptych.images import AUTO_MASK
+
+    source = random_image(SIZE, SIZE, seed=3)
+    editor.use_locator(constant_locator(tiny_base, -5.0))  # the locator's region: the top-left token
+    corner = np.asarray(editor.locate(source, "invert the colours")) > 0
+    assert corner.sum() == 36  # without task conditioning the locator decides, whatever the task
+    editor.use_task_embedding(TaskEmbedding.for_transformer(editor.pipe.transformer), predictor=WordPredictor())
+    assert np.array_equal(np.asarray(editor.locate(source, "make it red")) > 0, corner)  # a local task: located
+    assert (np.asarray(editor.locate(source, "invert the colours")) > 0).all()  # predicted color_filter: all
+    given = editor.prepare(EditRequest(source, "make it red", mask=AUTO_MASK, task="background"), width=SIZE)
+    assert (np.asarray(given.mask) > 0).all() and given.located  # a given task counts as well
+    # the whole image is the Fill mask of an adapter trained on edit regions: the unmasked, whole-panel edit
+    editor.fill_region = "edit"
+    whole = editor.edit(source, "invert the colours", seed=1, steps=3, feather=0)
+    editor.use_locator(None)
+    assert np.array_equal(pixels(whole), pixels(editor.edit(source, "invert the colours", seed=1, steps=3)))
 
 
 def test_auto_mask_without_a_locator_says_how_to_get_one(editor):

@@ -303,6 +303,15 @@ class Editor:
         size (white = edit here), what `mask="auto"` composites the edit inside."""
         return self.prepare(EditRequest(image, instruction, mask=AUTO_MASK), width=width, template=template).mask
 
+    def _whole_image_task(self, instruction: str, task: str | None) -> bool:
+        """Whether an edit's task (given, or predicted when the editor conditions on tasks) changes the whole
+        image (`WHOLE_IMAGE_TASKS`): such an edit is not located. Without a task embedding the locator decides."""
+        if self.task_embedding is None:
+            return False
+        from .conditioning.tasks import WHOLE_IMAGE_TASKS
+
+        return self.resolve_tasks([instruction], [task])[0] in WHOLE_IMAGE_TASKS
+
     def _located_mask(self, canvas: Image.Image, fill_mask: Image.Image, prompt: str, panel: cv.PanelSize):
         if self.locator is None:
             raise InputError(
@@ -349,7 +358,9 @@ class Editor:
         `mask` (white = may change) restricts the edit: latents outside it are blended back to the source
         at every step, and the final image takes the source's pixels outside the mask exactly. `mask="auto"`:
         the region the editor's locator predicts from the instruction (`use_locator`), composited after
-        sampling only (the edit inside it, the source's pixels outside; `locate` returns the region). With an
+        sampling only (the edit inside it, the source's pixels outside; `locate` returns the region); the whole
+        image when the editor conditions on tasks and the edit's task (given or predicted) changes every part
+        of it (`conditioning.tasks.WHOLE_IMAGE_TASKS`: background, global, style, color_filter, translate). With an
         adapter trained to fill edit regions (`fill_region == "edit"`), the mask — snapped to whole tokens
         with half a token of margin, as in training — is the Fill mask itself: only it is generated, the
         source showing around it; without a mask, such an adapter edits the located region when the editor
@@ -463,7 +474,10 @@ class Editor:
         if requested is None and self.fill_region == "edit" and self.locator is not None:
             requested = AUTO_MASK  # an adapter trained on regions gets one: the located region
         located = isinstance(requested, str) and requested == AUTO_MASK
-        if located:
+        if located and self.locator is not None and self._whole_image_task(instruction, request.task):
+            region = Image.new("L", (panel.width, panel.height), 255)
+            mask = region.resize(source.size, Image.Resampling.NEAREST)
+        elif located:
             region = self._located_mask(canvas, fill_mask, build_prompt(instruction, template), panel)
             mask = region.resize(source.size, Image.Resampling.NEAREST)
         elif requested is not None:

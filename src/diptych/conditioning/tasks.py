@@ -52,6 +52,10 @@ TASKS: dict[str, Task] = {
     )
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+#: Tasks whose edits reach every part of the image (a new background runs around every object, a filter or a
+#: style changes every pixel): `mask="auto"` edits the whole image for them instead of asking the locator, which
+#: reads the instruction word by word and can mistake an unfamiliar wording for a local edit (docs/shapes.md).
+WHOLE_IMAGE_TASKS: tuple[str, ...] = ("background", "global", "style", "color_filter", "translate")
 
 #: The shipped predictor (package data of `diptych.emu`, written by `python -m diptych.emu.tasks`).
 PREDICTOR_WEIGHTS = Path(__file__).parents[1] / "emu" / "weights" / "task_predictor.safetensors"

@@ -144,6 +144,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bucketing", action=argparse.BooleanOptionalAction, help="aspect-ratio buckets instead of square resizing"
     )
     data.add_argument("--prompt-dropout", type=float, help="share of prompts replaced by ' ' (default 0.1)")
+    data.add_argument(
+        "--request-frames",
+        type=float,
+        help="share of instructions wrapped in a generic request frame ('can you ...?', '... please'), so the "
+        "adapter hears past the dataset's exact wording (default 0)",
+    )
+    data.add_argument(
+        "--text-noise",
+        type=float,
+        help="Gaussian noise on the prompt's token states, times their RMS, as NEFTune does (default 0; e.g. 0.1)",
+    )
     data.add_argument("--template", help="prompt template: icedit (default), paper, comfyui or a {instruction} string")
     data.add_argument("--loss-region", choices=("all", "right"), help="all tokens (official) or the right half")
     data.add_argument("--max-sequence-length", type=int, help="T5 tokens (default 512)")

@@ -35,6 +35,8 @@ _FLOAT_FIELDS = (
     "balance_loss_weight",
     "ema_decay",
     "prompt_dropout",
+    "request_frames",
+    "text_noise",
     "validation_guidance",
     "edit_weight",
     "timestep_shift",
@@ -100,6 +102,8 @@ class TrainConfig:
     bucketing: bool = False
     bucket_aspects: list[float] = field(default_factory=lambda: list(DEFAULT_BUCKET_ASPECTS))
     prompt_dropout: float = 0.1
+    request_frames: float = 0.0  # share of instructions wrapped in a request frame, "can you ...?" (paraphrase.py)
+    text_noise: float = 0.0  # Gaussian noise on the prompt's token states, times their RMS (paraphrase.py)
     template: str | None = None
     loss_region: str = "all"
     loss_weighting: str = "none"  # "edit": tokens weighted by the sample's edit mask (objective.py)
@@ -196,6 +200,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if not 0.0 <= self.prompt_dropout <= 1.0:
             raise ConfigError(f"prompt_dropout must be between 0 and 1, got {self.prompt_dropout}")
+        if not 0.0 <= self.request_frames <= 1.0:
+            raise ConfigError(f"request_frames must be between 0 and 1, got {self.request_frames}")
+        if self.text_noise < 0:
+            raise ConfigError(f"text_noise must be 0 or more (e.g. 0.1), got {self.text_noise}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
         if len(self.resolution) != 2 or min(self.resolution) < 1:

@@ -27,6 +27,7 @@ from ..errors import InputError
 from ..locator import token_region
 from ..prompts import UNCONDITIONAL_PROMPT, build_prompt
 from .data import DataError, EditDataset, EditSample, SampleError, skip_reason
+from .paraphrase import request_frame
 
 logger = logging.getLogger("diptych.train")
 
@@ -188,6 +189,7 @@ class BatchStream:
         buckets: Sequence[PanelSize] | None = None,
         template: str | None = None,
         prompt_dropout: float = 0.1,
+        request_frames: float = 0.0,
         rank: int = 0,
         world_size: int = 1,
         on_skip: Callable[[str], None] | None = None,
@@ -202,6 +204,8 @@ class BatchStream:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= prompt_dropout <= 1.0:
             raise ValueError(f"prompt_dropout must be between 0 and 1, got {prompt_dropout}")
+        if not 0.0 <= request_frames <= 1.0:
+            raise ValueError(f"request_frames must be between 0 and 1, got {request_frames}")
         if right_panel not in ("target", "source"):
             raise ValueError(f"right_panel must be 'target' or 'source', got {right_panel!r}")
         check_fill_region(fill_region)
@@ -214,6 +218,7 @@ class BatchStream:
         self.cover = buckets is not None
         self.template = template
         self.prompt_dropout = prompt_dropout
+        self.request_frames = request_frames  # share of instructions wrapped in a request frame (paraphrase.py)
         self.rank, self.world_size = rank, world_size
         self.on_skip = on_skip
         self.edit_masks = edit_masks
@@ -288,7 +293,8 @@ class BatchStream:
         right = sample.target if self.right_panel == "target" else sample.source
         canvas, mask = training_diptych(sample.source, right, panel, cover=self.cover)
         drop = np.random.default_rng(seed_sequence(self.seed, epoch, position, 1)).random() < self.prompt_dropout
-        prompt = UNCONDITIONAL_PROMPT if drop else build_prompt(sample.instruction, self.template)
+        instruction = self._instruction(sample, epoch, position)
+        prompt = UNCONDITIONAL_PROMPT if drop else build_prompt(instruction, self.template)
         seed = sample_seed(self.seed, epoch, position)
         edit_mask = None
         if self.edit_masks or self.fill_region == "edit":
@@ -296,6 +302,12 @@ class BatchStream:
         if self.fill_region == "edit":
             mask = edit_fill_mask(edit_mask, self.token)
         return TrainItem(canvas, mask, prompt, seed, epoch, position, index, sample.task, edit_mask)
+
+    def _instruction(self, sample: EditSample, epoch: int, position: int) -> str:
+        if self.request_frames <= 0:
+            return sample.instruction
+        rng = np.random.default_rng(seed_sequence(self.seed, epoch, position, 2))
+        return request_frame(sample.instruction, rng) if rng.random() < self.request_frames else sample.instruction
 
     def _next_item(self) -> tuple[TrainItem, int]:
         while True:

@@ -29,7 +29,10 @@ from .adapters import add_lora, add_moe, export_adapter, init_adapter_weights, t
 from .config import ConfigError, TrainConfig, write_yaml
 from .data import EditDataset, EditSample, open_dataset
 from .objective import FlowMatchingObjective
+from .paraphrase import noisy_states
 from .stream import BatchStream, edit_mask_canvas, first_samples, panel_buckets
+
+TEXT_NOISE_SEED = 0x7E47  # mixed into a sample's seed for its text noise (a stream apart from its latent noise)
 
 logger = logging.getLogger("diptych.train")
 
@@ -168,6 +171,7 @@ class Trainer:
             buckets=buckets,
             template=cfg.template,
             prompt_dropout=cfg.prompt_dropout,
+            request_frames=cfg.request_frames,
             rank=acc.process_index,
             world_size=acc.num_processes,
             edit_masks=cfg.loss_weighting == "edit" or cfg.objective == "locate",
@@ -365,6 +369,9 @@ class Trainer:
             edit_masks=[item.edit_mask for item in batch] if self.stream.edit_masks else None,
         )
         embeds, pooled = self.encoder.encode([item.prompt for item in batch])
+        if self.config.text_noise > 0:  # its own generators: the latent noise stays what it is without it
+            text_generators = [torch.Generator("cpu").manual_seed(item.seed ^ TEXT_NOISE_SEED) for item in batch]
+            embeds = noisy_states(embeds, self.config.text_noise, text_generators)
         with acc.autocast(), self._task_context(batch):
             loss = self.objective.loss(
                 self.model, encoded, embeds, pooled, generators, guidance_embeds=self.guidance_embeds

@@ -1,0 +1,55 @@
+"""Instruction augmentation at training time: request frames around the dataset's phrasing, and noise on the
+prompt's token states.
+
+An edit dataset phrases its instructions in a few fixed ways ("make the circle red", "remove the star"); users ask
+"please make the circle red" or "can you remove the star?". An adapter that has only seen the dataset's phrasings
+reads the exact token states of those phrasings, and a wording it never saw shifts every token's contextual state
+(MiniLM and T5 are contextual encoders), so it can fail on a word it should ignore. Two generic remedies, both off by
+default (`request_frames`, `text_noise` in `TrainConfig`):
+
+- `request_frame`: the instruction wrapped in a common English request form. The frames are generic, written
+  without looking at any benchmark's held-out phrasings; "could you ..." is left out on purpose because the
+  ShapesEdit held-out phrasings use it, so that benchmark still measures a wording never trained on.
+- `noisy_states`: Gaussian noise on the token states, scaled to their RMS (NEFTune, Jain et al. 2023, adds such
+  noise to the input embeddings of instruction-tuned language models for the same reason).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+REQUEST_FRAMES = (
+    "please {instruction}",
+    "{instruction}, please",
+    "can you {instruction}?",
+    "would you {instruction}?",
+    "I'd like you to {instruction}",
+    "I want you to {instruction}",
+    "kindly {instruction}",
+    "go ahead and {instruction}",
+    "{instruction} for me",
+    "now {instruction}",
+)
+
+
+def request_frame(instruction: str, rng: np.random.Generator) -> str:
+    """The instruction inside a request frame drawn by `rng` ("can you make the circle red?"). A leading capital
+    is lowered unless the word is an acronym or "I", and a final full stop dropped, so the frame reads as one
+    sentence."""
+    text = instruction.strip().rstrip(".")
+    first = text.split(" ", 1)[0]
+    if first[:1].isupper() and first[1:].islower():
+        text = text[0].lower() + text[1:]
+    frame = REQUEST_FRAMES[int(rng.integers(len(REQUEST_FRAMES)))]
+    return frame.replace("{instruction}", text)
+
+
+def noisy_states(embeds: torch.Tensor, scale: float, generators: list[torch.Generator]) -> torch.Tensor:
+    """`embeds` (batch, tokens, dim) plus Gaussian noise of `scale` times each prompt's RMS state, one generator
+    per prompt (so a resumed run draws the same noise)."""
+    if scale <= 0:
+        return embeds
+    noise = torch.stack([torch.randn(embeds.shape[1:], generator=g) for g in generators])
+    rms = embeds.float().pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
+    return embeds + (scale * rms * noise.to(embeds.device)).to(embeds.dtype)
