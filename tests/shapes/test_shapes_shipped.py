@@ -93,7 +93,7 @@ def test_shipped_weights_fit_the_budget():
 def test_the_shipped_model_edits():
     """The built-in model — the object base, the LoRA-MoE + task embedding trained to fill edit regions, and the
     locator that finds them — succeeds on most held-out mirror, remove, invert and background edits (bench over 200
-    test edits: mirror 100%, remove, invert and background 88%; all nine operations 73.5%, docs/shapes.md), where
+    test edits: mirror and invert 100%, background 94%, remove 88%; all nine operations 75.0%, docs/shapes.md), where
     the bare base, which copies the scene, succeeds on none. While the VAE coded the canvas whole (its panels mixed
     their colours) invert succeeded on 0% of the bench's edits and background on 12%."""
     from diptych.shapes.bench import heldout_cases, run_bench
