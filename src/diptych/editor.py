@@ -18,6 +18,7 @@ from diffusers import FluxFillPipeline
 from PIL import Image, ImageFilter
 
 from . import canvas as cv
+from .conditioning.tasks import WHOLE_IMAGE_TASKS
 from .devices import default_device, default_dtype  # noqa: F401  (public names kept importable from here)
 from .encoders import FluxPromptEncoder, PromptEncoder
 from .errors import DiptychError, InputError, WeightsError
@@ -71,6 +72,7 @@ class PreparedEdit:
     mask: Image.Image | None  # user (or located) mask at the source's size
     keep_grid: np.ndarray | None  # latent cells of the canvas that must keep the source
     located: bool = False  # the mask is the locator's: composited after sampling only (no keep-blending)
+    task: str | None = None  # the edit's task, given or predicted (`Editor.resolve_tasks`); None without tasks
 
 
 class Editor:
@@ -303,15 +305,6 @@ class Editor:
         size (white = edit here), what `mask="auto"` composites the edit inside."""
         return self.prepare(EditRequest(image, instruction, mask=AUTO_MASK), width=width, template=template).mask
 
-    def _whole_image_task(self, instruction: str, task: str | None) -> bool:
-        """Whether an edit's task (given, or predicted when the editor conditions on tasks) changes the whole
-        image (`WHOLE_IMAGE_TASKS`): such an edit is not located. Without a task embedding the locator decides."""
-        if self.task_embedding is None:
-            return False
-        from .conditioning.tasks import WHOLE_IMAGE_TASKS
-
-        return self.resolve_tasks([instruction], [task])[0] in WHOLE_IMAGE_TASKS
-
     def _located_mask(self, canvas: Image.Image, fill_mask: Image.Image, prompt: str, panel: cv.PanelSize):
         if self.locator is None:
             raise InputError(
@@ -431,7 +424,7 @@ class Editor:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         requests = [_as_request(r, i) for i, r in enumerate(requests)]
         prepared = [self.prepare(r, width=width, template=template) for r in requests]
-        tasks = self.resolve_tasks([r.instruction for r in requests], [r.task for r in requests])
+        tasks = [item.task for item in prepared] if self.task_embedding is not None else None
         groups: dict[tuple[int, int], list[int]] = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.canvas.size, []).append(index)
@@ -474,11 +467,13 @@ class Editor:
         if requested is None and self.fill_region == "edit" and self.locator is not None:
             requested = AUTO_MASK  # an adapter trained on regions gets one: the located region
         located = isinstance(requested, str) and requested == AUTO_MASK
-        if located and self.locator is not None and self._whole_image_task(instruction, request.task):
-            region = Image.new("L", (panel.width, panel.height), 255)
-            mask = region.resize(source.size, Image.Resampling.NEAREST)
-        elif located:
-            region = self._located_mask(canvas, fill_mask, build_prompt(instruction, template), panel)
+        tasks = self.resolve_tasks([instruction], [request.task])  # None: the editor does not condition on tasks
+        task = tasks[0] if tasks is not None else None
+        if located:
+            if self.locator is not None and task in WHOLE_IMAGE_TASKS:  # not located: the whole image changes
+                region = Image.new("L", (panel.width, panel.height), 255)
+            else:
+                region = self._located_mask(canvas, fill_mask, build_prompt(instruction, template), panel)
             mask = region.resize(source.size, Image.Resampling.NEAREST)
         elif requested is not None:
             mask = load_mask(requested, size=source.size)
@@ -502,6 +497,7 @@ class Editor:
             mask=mask,
             keep_grid=keep_grid,
             located=located,
+            task=task,
         )
 
     def start(

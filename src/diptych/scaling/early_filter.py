@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 class FilterEditor(Protocol):
     """The building blocks of `diptych.Editor` that the early filter composes. Typed by shape, so this module
     does not import the editor, which imports it for `Editor.edit(..., candidates=N)`. `request` is an
-    `EditRequest` and the prepared items are the editor's `PreparedEdit`s."""
+    `EditRequest` and the prepared items are the editor's `PreparedEdit`s (with their task resolved)."""
 
     sampler: FillSampler
     pipe: Any
@@ -40,8 +40,6 @@ class FilterEditor(Protocol):
     def start(self, items: Sequence[Any], *, steps: int, guidance: float, true_cfg_scale: float = 1.0) -> FillState: ...
 
     def finish(self, item: Any, canvas: Image.Image, *, keep_size: bool = False, feather: int = 3) -> Image.Image: ...
-
-    def resolve_tasks(self, instructions: Sequence[str], tasks: Sequence[str | None]) -> list[str] | None: ...
 
     def task_conditioning(self, tasks: Sequence[str] | None) -> AbstractContextManager[Any]: ...
 
@@ -126,7 +124,7 @@ def edit_with_early_filter(
     def counter(evaluations_per_step: int) -> Callable[[int, int], None]:
         return lambda _step, _total: report(passes * evaluations_per_step)
 
-    with editor.task_conditioning(editor.resolve_tasks([base.instruction], [request.task])):
+    with editor.task_conditioning(None if base.task is None else [base.task]):  # resolved once, by prepare
         # Early steps, in chunks; keep each chunk's state so the winner can resume from it.
         chunks, previews = [], []
         for start in range(0, candidates, batch_size):
