@@ -123,26 +123,39 @@ def region_mask(
     return mask
 
 
-def token_region(mask: Image.Image, token: int, *, share: float = REGION_SHARE) -> Image.Image:
-    """The region a locator marks for an edit mask (one panel, 'L', white = changed), drawn as `region_mask` draws
-    a locator's prediction: the tokens holding at least `share` of the mask's pixels, and any other token holding a
-    masked pixel that half a token of margin around those leaves out (nothing the edit changes is left outside),
-    nearest-upsampled and dilated by half a token. What an adapter trained with `fill_region: edit` fills.
-
-    Whole tokens only, never the mask's pixel outline: a Fill mask that traces the target's outline tells an
-    adapter the new shape and position, which it learns to copy, and a locator (per token) cannot give it
-    (docs/shapes.md, "The region's outline")."""
+def token_grid(mask: Image.Image, token: int, *, share: float = REGION_SHARE) -> np.ndarray:
+    """The (rows, cols) tokens a locator should mark for an edit mask (one panel, 'L', white = changed): those
+    holding at least `share` of the mask's pixels, and any other token holding a masked pixel that half a token
+    of margin around those leaves out (nothing the edit changes is left outside). `token_region` draws it."""
     pixels = np.asarray(mask.convert("L")) > 0
     h, w = pixels.shape
     if w % token or h % token:
         raise ValueError(f"a {w}x{h} mask is not a whole number of {token}-pixel tokens")
-    if not pixels.any():
-        return Image.new("L", (w, h), 0)
     chosen = pixels.reshape(h // token, token, w // token, token).mean(axis=(1, 3)) >= share
+    if not pixels.any():
+        return chosen
     covered = np.asarray(region_mask(chosen.astype(np.float32), (w, h), dilate=token // 2)) > 0
     stray = pixels & ~covered if chosen.any() else pixels  # (region_mask marks the likeliest token of an empty grid)
-    chosen |= stray.reshape(h // token, token, w // token, token).any(axis=(1, 3))
-    return region_mask(chosen.astype(np.float32), (w, h), dilate=token // 2)
+    return chosen | stray.reshape(h // token, token, w // token, token).any(axis=(1, 3))
+
+
+def token_region(mask: Image.Image, token: int, *, share: float = REGION_SHARE) -> Image.Image:
+    """The region a locator marks for an edit mask (`token_grid`), drawn as `region_mask` draws a locator's
+    prediction: whole tokens, nearest-upsampled and dilated by half a token. What an adapter trained with
+    `fill_region: edit` fills.
+
+    Whole tokens only, never the mask's pixel outline: a Fill mask that traces the target's outline tells an
+    adapter the new shape and position, which it learns to copy, and a locator (per token) cannot give it
+    (docs/shapes.md, "The region's outline")."""
+    return draw_token_grid(token_grid(mask, token, share=share), mask.size, token)
+
+
+def draw_token_grid(grid: np.ndarray, size: tuple[int, int], token: int) -> Image.Image:
+    """The 'L' region of a (rows, cols) token grid at `size`: nothing for an empty grid, else `region_mask`'s
+    drawing (half a token of margin)."""
+    if not grid.any():
+        return Image.new("L", size, 0)
+    return region_mask(grid.astype(np.float32), size, dilate=token // 2)
 
 
 class Locator:

@@ -58,7 +58,6 @@ def test_yaml_then_command_line(tmp_path):
         ({"masked_content": "noise"}, "masked_content must be one of"),
         ({"objective": "locate", "fill_region": "edit"}, "a locator reads the canvas the editor builds"),
         ({"objective": "locate", "masked_content": "source"}, "a locator reads the canvas the editor builds"),
-        ({"objective": "locate", "init_adapter": "runs/a"}, "a locator cannot start from one"),
     ],
 )
 def test_bad_options_name_the_problem(options, message):

@@ -87,6 +87,18 @@ def test_a_locator_learns_where_the_named_square_is_and_the_editor_loads_it(
     # the tiny random model learns slowly; a wrong label layout (e.g. panels swapped) gives no margin at all
     assert np.mean(margins) > 0.15, margins
 
+    # a run started from the exported file (`init_adapter`), with a step too small to move anything, exports the
+    # same locator: LoRA and head both came along (a fresh head would be random, a fresh LoRA zero)
+    again = TrainConfig(
+        base=tiny_base, data=str(squares), output=str(tmp_path / "again"), objective="locate", max_steps=1,
+        batch_size=4, optimizer="adamw", lr=1e-12, weight_decay=0.0, prompt_dropout=0.0,
+        init_adapter=str(out / "locator.safetensors"), **(options | {"num_validation": 0}),
+    )  # fmt: skip
+    Trainer(again, show_progress=False).train()
+    continued = load_file(str(tmp_path / "again/locator.safetensors"))
+    assert continued.keys() == weights.keys()
+    assert all(torch.allclose(continued[k], weights[k], atol=1e-6) for k in weights)
+
 
 def test_region_labels_mark_the_edited_tokens_in_both_panels():
     edit = np.zeros((2, 4), np.float32)  # a canvas of 2 x 4 tokens: panels of 2 x 2

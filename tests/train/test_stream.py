@@ -16,6 +16,7 @@ from diptych.train.stream import (
     BatchStream,
     epoch_order,
     first_samples,
+    grown_grid,
     panel_buckets,
     training_diptych,
 )
@@ -170,3 +171,34 @@ def test_an_edit_fill_region_masks_the_changed_tokens_and_half_a_token_around_th
     assert stream(OneCornerChanged()).next_batch()[0].fill_mask.getextrema() == (0, 255)  # "panel": the right half
     with pytest.raises(ValueError, match="fill_region must be one of"):
         stream(OneCornerChanged(), fill_region="box")
+
+
+def test_grown_grid_adds_tokens_that_border_the_region_and_keeps_every_token_it_had():
+    grid = np.zeros((6, 6), bool)
+    grid[2:4, 2:4] = True
+    for seed in range(20):
+        grown = grown_grid(grid, 3, np.random.default_rng(seed))
+        assert (grown & grid).sum() == grid.sum() and grown.sum() == grid.sum() + 3
+        # every added token has a 4-neighbour in the region: none floats apart
+        padded = np.pad(grown, 1)
+        for r, c in np.argwhere(grown & ~grid) + 1:
+            assert padded[r - 1, c] or padded[r + 1, c] or padded[r, c - 1] or padded[r, c + 1]
+    assert not grown_grid(np.zeros((4, 4), bool), 3, np.random.default_rng(0)).any()  # nothing to grow from
+
+
+def test_region_jitter_grows_some_edit_regions_with_the_same_few_draws_per_row():
+    def masks(epoch, **kwargs):
+        s = stream(OneCornerChanged(), fill_region="edit", token=4, panel=PanelSize(24, 24), batch_size=4, **kwargs)
+        s.epoch = epoch
+        return {item.index: np.asarray(item.fill_mask) > 0 for item in s.next_batch()}
+
+    plain = masks(0)
+    grown = masks(0, region_jitter=1.0)
+    for index, mask in grown.items():
+        assert (mask & plain[index]).sum() == plain[index].sum()  # every token of the edit stays in the region
+        assert mask.sum() > plain[index].sum()  # and at least one more
+    assert all(np.array_equal(grown[i], masks(4, region_jitter=1.0)[i]) for i in grown)  # epoch 4 redraws epoch 0's
+    assert any(not np.array_equal(grown[i], masks(1, region_jitter=1.0)[i]) for i in grown)
+    assert all(np.array_equal(plain[i], masks(0, region_jitter=0.0)[i]) for i in plain)
+    with pytest.raises(ValueError, match="region_jitter"):
+        stream(OneCornerChanged(), fill_region="edit", region_jitter=1.5)

@@ -119,7 +119,8 @@ def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
 def init_adapter_weights(transformer: nn.Module, config: TrainConfig, path: Path) -> None:
     """Start the adapter just added for `config` from an exported one (its `.safetensors` file: `resolve_adapter_file`
     of a file or run folder, as `diptych edit --lora` takes it) instead of its fresh initialisation: continuing an
-    adapter whose checkpoints are gone, or fine-tuning one. Every tensor is checked against the model before any
+    adapter whose checkpoints are gone, or fine-tuning one; for `objective: locate`, a locator file (its LoRA and
+    head). Every tensor is checked against the model before any
     is copied."""
     from ..adapters.lora import (
         is_qk_norm_key,
@@ -135,7 +136,19 @@ def init_adapter_weights(transformer: nn.Module, config: TrainConfig, path: Path
         return
     from peft.utils import set_peft_model_state_dict
 
-    state = {strip_prefix(k): v for k, v in read_adapter_state_dict(path).items()}
+    if config.objective == "locate":  # a locator file: its LoRA, and its head onto the one the run attached
+        from ..locator import HEAD_PREFIX, read_locator_file
+        from .locate import HEAD_ATTRIBUTE
+
+        state, _ = read_locator_file(path)
+        head = {k.removeprefix(HEAD_PREFIX): v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+        try:
+            getattr(transformer, HEAD_ATTRIBUTE).load_state_dict(head)
+        except RuntimeError as err:
+            raise WeightsError(f"locator {path}: its head does not fit this transformer ({err})") from err
+        state = {strip_prefix(k): v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    else:
+        state = {strip_prefix(k): v for k, v in read_adapter_state_dict(path).items()}
     gains = {k: v for k, v in state.items() if is_qk_norm_key(k)}
     expected = lora_state_dict(transformer)  # B with alpha / rank folded in, as export_adapter writes it
     problems = [f"{k}: only in {path.name}" for k in sorted(state.keys() - expected.keys() - gains.keys())]

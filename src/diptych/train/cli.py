@@ -171,6 +171,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "sample's edit region, the source around it: an adapter for located edits (`diptych edit --mask auto`)",
     )
     data.add_argument(
+        "--region-jitter",
+        type=float,
+        help="with --fill-region edit: share of regions grown by 1-3 bordering tokens, as a locator's often are, "
+        "so the adapter draws what the words say, not what the region's extent says (default 0; e.g. 0.5)",
+    )
+    data.add_argument(
         "--masked-content",
         choices=MASKED_CONTENTS,
         help="what the Fill condition shows under the mask: 'zero' (FLUX.1 Fill, default) or 'source' (the old "

@@ -37,6 +37,7 @@ _FLOAT_FIELDS = (
     "prompt_dropout",
     "request_frames",
     "text_noise",
+    "region_jitter",
     "validation_guidance",
     "edit_weight",
     "timestep_shift",
@@ -110,6 +111,8 @@ class TrainConfig:
     # "panel": the whole right panel is filled (official); "edit": only the sample's edit region (whole tokens,
     # half a token of margin), the source showing around it: an adapter for located edits (`mask="auto"`)
     fill_region: str = "panel"
+    # share of "edit" regions grown by 1-3 bordering tokens (train/stream.py), as a locator's region often is
+    region_jitter: float = 0.0
     # what the Fill condition shows under the mask: "zero" (FLUX.1 Fill) or "source" (the old content stays
     # visible token by token, as InstructPix2Pix concatenates the source; sampler.masked_canvas)
     masked_content: str = "zero"
@@ -166,8 +169,6 @@ class TrainConfig:
                 "a locator reads the canvas the editor builds: use fill_region 'panel' and masked_content 'zero' "
                 "with objective 'locate'"
             )
-        if self.init_adapter is not None and self.objective == "locate":
-            raise ConfigError("init_adapter starts an edit adapter; a locator cannot start from one (drop it)")
         if self.objective == "locate" and (self.adapter != "lora" or self.task_embedding):
             raise ConfigError(
                 "objective 'locate' trains a plain LoRA and its head: use adapter lora without task_embedding"
@@ -202,6 +203,10 @@ class TrainConfig:
             raise ConfigError(f"prompt_dropout must be between 0 and 1, got {self.prompt_dropout}")
         if not 0.0 <= self.request_frames <= 1.0:
             raise ConfigError(f"request_frames must be between 0 and 1, got {self.request_frames}")
+        if not 0.0 <= self.region_jitter <= 1.0:
+            raise ConfigError(f"region_jitter must be between 0 and 1, got {self.region_jitter}")
+        if self.region_jitter > 0 and self.fill_region != "edit":
+            raise ConfigError("region_jitter grows the edit's region: it needs fill_region 'edit'")
         if self.text_noise < 0:
             raise ConfigError(f"text_noise must be 0 or more (e.g. 0.1), got {self.text_noise}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -24,7 +24,7 @@ from PIL import Image, ImageChops, ImageFilter
 
 from ..canvas import PanelSize, check_fill_region, compose_diptych, crop_right, region_fill_mask
 from ..errors import InputError
-from ..locator import token_region
+from ..locator import draw_token_grid, token_grid
 from ..prompts import UNCONDITIONAL_PROMPT, build_prompt
 from .data import DataError, EditDataset, EditSample, SampleError, skip_reason
 from .paraphrase import request_frame
@@ -125,12 +125,36 @@ def training_diptych(
     return canvas, mask
 
 
-def edit_fill_mask(edit_mask: Image.Image, token: int) -> Image.Image:
+def edit_fill_mask(
+    edit_mask: Image.Image, token: int, *, grow: int = 0, rng: np.random.Generator | None = None
+) -> Image.Image:
     """The Fill mask of a `fill_region="edit"` diptych from its canvas-sized edit mask (`edit_mask_canvas`): the
-    edit's token region (`locator.token_region`, `token` pixels a token) in the right panel. Outside it the target
+    edit's token region (`locator.token_grid`, `token` pixels a token) in the right panel. Outside it the target
     equals the source (the region holds every changed pixel), so the masked canvas shows what the editor shows
-    at inference: the source around the located region."""
-    return region_fill_mask(token_region(crop_right(edit_mask), token))
+    at inference: the source around the located region. `grow` > 0 adds 1 to `grow` tokens bordering the region,
+    drawn with `rng` (`grown_grid`)."""
+    right = crop_right(edit_mask)
+    grid = token_grid(right, token)
+    if grow > 0:
+        if rng is None:
+            raise ValueError("growing a region needs an rng")
+        grid = grown_grid(grid, int(rng.integers(1, grow + 1)), rng)
+    return region_fill_mask(draw_token_grid(grid, right.size, token))
+
+
+def grown_grid(grid: np.ndarray, extra: int, rng: np.random.Generator) -> np.ndarray:
+    """`grid` (bool tokens) with `extra` more tokens, each drawn from those bordering it (4-neighbours), one at a
+    time: what a locator's region looks like when it marks a little more than the edit changes (docs/shapes.md,
+    "Regions a little too large"). An empty grid stays empty."""
+    grid = grid.copy()
+    for _ in range(extra):
+        padded = np.pad(grid, 1)
+        border = (padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]) & ~grid
+        candidates = np.argwhere(border)
+        if not len(candidates):
+            break
+        grid[tuple(candidates[rng.integers(len(candidates))])] = True
+    return grid
 
 
 def training_layout(
@@ -147,6 +171,11 @@ def training_layout(
 
 
 # ------------------------------------------------------------------------------------------ ordering
+
+#: Region jitter (`BatchStream(region_jitter=...)`): at most this many tokens are added to a region, and each row
+#: has this many fixed draws, one per epoch in turn.
+JITTER_MAX_TOKENS = 3
+JITTER_VARIANTS = 4
 
 
 def seed_sequence(seed: int, epoch: int, position: int, stream: int) -> np.random.SeedSequence:
@@ -197,6 +226,7 @@ class BatchStream:
         right_panel: str = "target",
         fill_region: str = "panel",
         token: int = 16,
+        region_jitter: float = 0.0,
     ):
         if (panel is None) == (buckets is None):
             raise ValueError("give exactly one of panel (fixed size) or buckets (aspect-ratio bucketing)")
@@ -209,6 +239,8 @@ class BatchStream:
         if right_panel not in ("target", "source"):
             raise ValueError(f"right_panel must be 'target' or 'source', got {right_panel!r}")
         check_fill_region(fill_region)
+        if not 0.0 <= region_jitter <= 1.0:
+            raise ValueError(f"region_jitter must be between 0 and 1, got {region_jitter}")
         if len(dataset) < world_size:
             raise DataError(f"the dataset has {len(dataset)} rows, fewer than the {world_size} processes")
         self.dataset = dataset
@@ -226,6 +258,9 @@ class BatchStream:
         self.right_panel = right_panel
         # "edit": the Fill mask is the sample's edit region only (`locator.token_region`, `token` pixels a token)
         self.fill_region, self.token = fill_region, token
+        # share of "edit" regions grown by 1-3 bordering tokens, so the adapter draws what the words say rather than
+        # what the region's extent says; one of JITTER_VARIANTS growths per sample, so a latent cache stays bounded
+        self.region_jitter = region_jitter
         self.epoch = 0
         self.lane = 0  # samples of this process's lane consumed in the current epoch
         self.pending: dict[int, list[TrainItem]] = {}
@@ -300,8 +335,17 @@ class BatchStream:
         if self.edit_masks or self.fill_region == "edit":
             edit_mask = edit_mask_canvas(sample, panel, cover=self.cover)
         if self.fill_region == "edit":
-            mask = edit_fill_mask(edit_mask, self.token)
+            mask = self._edit_fill_mask(edit_mask, epoch, index)
         return TrainItem(canvas, mask, prompt, seed, epoch, position, index, sample.task, edit_mask)
+
+    def _edit_fill_mask(self, edit_mask: Image.Image, epoch: int, index: int) -> Image.Image:
+        if self.region_jitter <= 0:
+            return edit_fill_mask(edit_mask, self.token)
+        # Seeded by the row and the epoch's variant, not the position: the same few layouts of each row recur,
+        # and their encodings are cached after the first JITTER_VARIANTS epochs.
+        rng = np.random.default_rng(seed_sequence(self.seed, epoch % JITTER_VARIANTS, index, 3))
+        grow = JITTER_MAX_TOKENS if rng.random() < self.region_jitter else 0
+        return edit_fill_mask(edit_mask, self.token, grow=grow, rng=rng)
 
     def _instruction(self, sample: EditSample, epoch: int, position: int) -> str:
         if self.request_frames <= 0:

@@ -178,6 +178,7 @@ class Trainer:
             right_panel="source" if cfg.objective == "locate" else "target",  # a locator never sees the target
             fill_region=cfg.fill_region,
             token=self.objective.pixel_multiple,
+            region_jitter=cfg.region_jitter,
         )
         # Decided the same way on every process: validation ends in a barrier all of them must reach.
         self._validating = self.validation is not None or cfg.num_validation > 0
