@@ -134,8 +134,7 @@ def token_grid(mask: Image.Image, token: int, *, share: float = REGION_SHARE) ->
     chosen = pixels.reshape(h // token, token, w // token, token).mean(axis=(1, 3)) >= share
     if not pixels.any():
         return chosen
-    covered = np.asarray(region_mask(chosen.astype(np.float32), (w, h), dilate=token // 2)) > 0
-    stray = pixels & ~covered if chosen.any() else pixels  # (region_mask marks the likeliest token of an empty grid)
+    stray = pixels & ~(np.asarray(draw_token_grid(chosen, (w, h), token)) > 0)
     return chosen | stray.reshape(h // token, token, w // token, token).any(axis=(1, 3))
 
 
@@ -197,13 +196,13 @@ class Locator:
             transformer = FluxTransformer2DModel.from_pretrained(
                 str(base), subfolder="transformer", torch_dtype=dtype, local_files_only=local_files_only
             )
-        head_state = {k.removeprefix(HEAD_PREFIX): v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+        lora_state, head_state = split_locator_state(state)
         head = ReferentHead(transformer.config.num_attention_heads * transformer.config.attention_head_dim)
         try:
             head.load_state_dict(head_state)
         except RuntimeError as err:
             raise WeightsError(f"{path}: its head does not fit this transformer ({err})") from err
-        load_locator_adapter(transformer, {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)})
+        load_locator_adapter(transformer, lora_state)
         if getattr(transformer, "peft_config", None):
             # The locator's transformer is its own, so its LoRA never comes off: merge it into the base weights
             # (diffusers' fuse, then drop the peft layers) and each locating pass is a plain forward.
@@ -288,6 +287,13 @@ def read_locator_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, fl
     except json.JSONDecodeError as err:
         raise WeightsError(f"{path}: unreadable locator options in its metadata ({err})") from err
     return state, options
+
+
+def split_locator_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A locator file's tensors (`read_locator_file`) as (its LoRA under diffusers keys, its head's state dict)."""
+    lora = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    head = {k.removeprefix(HEAD_PREFIX): v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+    return lora, head
 
 
 def load_locator_adapter(transformer: FluxTransformer2DModel, state: dict[str, torch.Tensor]) -> None:

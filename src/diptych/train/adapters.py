@@ -137,16 +137,15 @@ def init_adapter_weights(transformer: nn.Module, config: TrainConfig, path: Path
     from peft.utils import set_peft_model_state_dict
 
     if config.objective == "locate":  # a locator file: its LoRA, and its head onto the one the run attached
-        from ..locator import HEAD_PREFIX, read_locator_file
+        from ..locator import read_locator_file, split_locator_state
         from .locate import HEAD_ATTRIBUTE
 
-        state, _ = read_locator_file(path)
-        head = {k.removeprefix(HEAD_PREFIX): v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+        lora, head = split_locator_state(read_locator_file(path)[0])
         try:
             getattr(transformer, HEAD_ATTRIBUTE).load_state_dict(head)
         except RuntimeError as err:
             raise WeightsError(f"locator {path}: its head does not fit this transformer ({err})") from err
-        state = {strip_prefix(k): v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+        state = {strip_prefix(k): v for k, v in lora.items()}
     else:
         state = {strip_prefix(k): v for k, v in read_adapter_state_dict(path).items()}
     gains = {k: v for k, v in state.items() if is_qk_norm_key(k)}
