@@ -1,4 +1,5 @@
-"""Instruction augmentation: request frames around a dataset's phrasing and noise on the prompt's token states."""
+"""Instruction augmentation: request frames around a dataset's phrasing, word dropout and noise on the prompt's token
+states."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from diptych.prompts import build_prompt
 from diptych.train.config import ConfigError, TrainConfig
-from diptych.train.paraphrase import REQUEST_FRAMES, noisy_states, request_frame
+from diptych.train.paraphrase import REQUEST_FRAMES, drop_words, noisy_states, request_frame
 from diptych.train.trainer import Trainer
 
 
@@ -24,6 +25,19 @@ def test_a_request_frame_keeps_the_instruction_whole_and_reads_as_one_sentence()
     assert not any("could" in frame for frame in REQUEST_FRAMES)
 
 
+def test_word_dropout_drops_each_word_at_its_rate_keeps_the_order_and_never_empties():
+    rng = np.random.default_rng(0)
+    words = ["recolor", "the", "small", "red", "circle", "in", "the", "top", "left", "blue"]
+    kept = [drop_words(" ".join(words), 0.25, rng).split() for _ in range(2000)]
+    share_dropped = 1 - sum(map(len, kept)) / (len(words) * len(kept))
+    assert share_dropped == pytest.approx(0.25, abs=0.02)
+    for k in kept:  # what remains is the instruction's words in their order (a subsequence)
+        it = iter(words)
+        assert all(word in it for word in k)
+    assert all(drop_words("remove the star", 0.9, rng) for _ in range(200))  # at least one word stays
+    assert drop_words("remove the star", 0.0, rng) == "remove the star"
+
+
 def test_noisy_states_adds_noise_of_the_asked_size_and_repeats_with_the_same_generators():
     embeds = torch.randn(3, 48, 64) * 4.0
     same = noisy_states(embeds, 0.0, [torch.Generator().manual_seed(i) for i in range(3)])
@@ -37,7 +51,12 @@ def test_noisy_states_adds_noise_of_the_asked_size_and_repeats_with_the_same_gen
 
 
 @pytest.mark.parametrize(
-    ("options", "message"), [({"request_frames": 1.5}, "request_frames"), ({"text_noise": -1}, "text_noise")]
+    ("options", "message"),
+    [
+        ({"request_frames": 1.5}, "request_frames"),
+        ({"text_noise": -1}, "text_noise"),
+        ({"word_dropout": 1.0}, "word_dropout"),
+    ],
 )
 def test_out_of_range_augmentation_is_refused(options, message):
     with pytest.raises(ConfigError, match=message):
@@ -67,6 +86,13 @@ def test_the_trainer_frames_instructions_and_noises_their_states(tiny_base, tmp_
     instructions = [p.removeprefix(build_prompt("")) for p in plain]
     assert all(build_prompt("") in f for f in framed)  # the template still wraps the framed instruction
     assert all(i in f and i != f.removeprefix(build_prompt("")) for i, f in zip(instructions, framed, strict=True))
+    # word dropout leaves out words of the dataset's instruction, drawn from the samples' seeds
+    _, dropped = first_batch_prompts(tiny_base, data, tmp_path / "dropped", fast, word_dropout=0.5)
+    _, again = first_batch_prompts(tiny_base, data, tmp_path / "dropped-again", fast, word_dropout=0.5)
+    assert dropped == again
+    shorter = [d.removeprefix(build_prompt("")).split() for d in dropped]
+    assert sum(map(len, shorter)) < sum(len(i.split()) for i in instructions)
+    assert all(set(s) <= set(i.split()) and s for s, i in zip(shorter, instructions, strict=True))
 
     losses = {}
     for name, noise in (("quiet", 0.0), ("noisy", 1.0), ("noisy-again", 1.0)):

@@ -151,6 +151,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "adapter hears past the dataset's exact wording (default 0)",
     )
     data.add_argument(
+        "--word-dropout",
+        type=float,
+        help="probability that each word of a training instruction is left out, so no one word (the dataset's "
+        "verb) is needed to read it (default 0; e.g. 0.1)",
+    )
+    data.add_argument(
         "--text-noise",
         type=float,
         help="Gaussian noise on the prompt's token states, times their RMS, as NEFTune does (default 0; e.g. 0.1)",

@@ -36,6 +36,7 @@ _FLOAT_FIELDS = (
     "ema_decay",
     "prompt_dropout",
     "request_frames",
+    "word_dropout",
     "text_noise",
     "region_jitter",
     "validation_guidance",
@@ -104,6 +105,7 @@ class TrainConfig:
     bucket_aspects: list[float] = field(default_factory=lambda: list(DEFAULT_BUCKET_ASPECTS))
     prompt_dropout: float = 0.1
     request_frames: float = 0.0  # share of instructions wrapped in a request frame, "can you ...?" (paraphrase.py)
+    word_dropout: float = 0.0  # probability that each word of an instruction is left out (paraphrase.py)
     text_noise: float = 0.0  # Gaussian noise on the prompt's token states, times their RMS (paraphrase.py)
     template: str | None = None
     loss_region: str = "all"
@@ -203,6 +205,8 @@ class TrainConfig:
             raise ConfigError(f"prompt_dropout must be between 0 and 1, got {self.prompt_dropout}")
         if not 0.0 <= self.request_frames <= 1.0:
             raise ConfigError(f"request_frames must be between 0 and 1, got {self.request_frames}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ConfigError(f"word_dropout must be at least 0 and below 1 (e.g. 0.1), got {self.word_dropout}")
         if not 0.0 <= self.region_jitter <= 1.0:
             raise ConfigError(f"region_jitter must be between 0 and 1, got {self.region_jitter}")
         if self.region_jitter > 0 and self.fill_region != "edit":

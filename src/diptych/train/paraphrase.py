@@ -1,15 +1,19 @@
-"""Instruction augmentation at training time: request frames around the dataset's phrasing, and noise on the
-prompt's token states.
+"""Instruction augmentation at training time: request frames around the dataset's phrasing, word dropout, and noise
+on the prompt's token states.
 
 An edit dataset phrases its instructions in a few fixed ways ("make the circle red", "remove the star"); users ask
 "please make the circle red" or "can you remove the star?". An adapter that has only seen the dataset's phrasings
 reads the exact token states of those phrasings, and a wording it never saw shifts every token's contextual state
 (MiniLM and T5 are contextual encoders), so it can fail on a word it should ignore. Two generic remedies, both off by
-default (`request_frames`, `text_noise` in `TrainConfig`):
+default (`request_frames`, `word_dropout`, `text_noise` in `TrainConfig`):
 
 - `request_frame`: the instruction wrapped in a common English request form. The frames are generic, written
   without looking at any benchmark's held-out phrasings; "could you ..." is left out on purpose because the
   ShapesEdit held-out phrasings use it, so that benchmark still measures a wording never trained on.
+- `drop_words`: each word of the instruction left out with a small probability (word dropout, Iyyer et al. 2015;
+  Bowman et al. 2016), so that no single word — the dataset's verb, its filler — is needed to read the instruction,
+  and the model leans on the words that carry the edit wherever they stand. It needs no list of synonyms, so it
+  cannot leak a benchmark's held-out wording.
 - `noisy_states`: Gaussian noise on the token states, scaled to their RMS (NEFTune, Jain et al. 2023, adds such
   noise to the input embeddings of instruction-tuned language models for the same reason).
 """
@@ -43,6 +47,18 @@ def request_frame(instruction: str, rng: np.random.Generator) -> str:
         text = text[0].lower() + text[1:]
     frame = REQUEST_FRAMES[int(rng.integers(len(REQUEST_FRAMES)))]
     return frame.replace("{instruction}", text)
+
+
+def drop_words(instruction: str, probability: float, rng: np.random.Generator) -> str:
+    """`instruction` with each (space-separated) word left out with `probability`, drawn by `rng`; at least one
+    word stays (the one `rng` picks when every word was drawn out), so an instruction never becomes empty."""
+    words = instruction.split()
+    if probability <= 0 or not words:
+        return instruction
+    kept = rng.random(len(words)) >= probability
+    if not kept.any():
+        kept[int(rng.integers(len(words)))] = True
+    return " ".join(word for word, keep in zip(words, kept, strict=True) if keep)
 
 
 def noisy_states(embeds: torch.Tensor, scale: float, generators: list[torch.Generator]) -> torch.Tensor:

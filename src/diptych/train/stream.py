@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..locator import draw_token_grid, token_grid
 from ..prompts import UNCONDITIONAL_PROMPT, build_prompt
 from .data import DataError, EditDataset, EditSample, SampleError, skip_reason
-from .paraphrase import request_frame
+from .paraphrase import drop_words, request_frame
 
 logger = logging.getLogger("diptych.train")
 
@@ -219,6 +219,7 @@ class BatchStream:
         template: str | None = None,
         prompt_dropout: float = 0.1,
         request_frames: float = 0.0,
+        word_dropout: float = 0.0,
         rank: int = 0,
         world_size: int = 1,
         on_skip: Callable[[str], None] | None = None,
@@ -236,6 +237,8 @@ class BatchStream:
             raise ValueError(f"prompt_dropout must be between 0 and 1, got {prompt_dropout}")
         if not 0.0 <= request_frames <= 1.0:
             raise ValueError(f"request_frames must be between 0 and 1, got {request_frames}")
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be at least 0 and below 1, got {word_dropout}")
         if right_panel not in ("target", "source"):
             raise ValueError(f"right_panel must be 'target' or 'source', got {right_panel!r}")
         check_fill_region(fill_region)
@@ -251,6 +254,7 @@ class BatchStream:
         self.template = template
         self.prompt_dropout = prompt_dropout
         self.request_frames = request_frames  # share of instructions wrapped in a request frame (paraphrase.py)
+        self.word_dropout = word_dropout  # probability that each word of an instruction is left out (paraphrase.py)
         self.rank, self.world_size = rank, world_size
         self.on_skip = on_skip
         self.edit_masks = edit_masks
@@ -348,10 +352,15 @@ class BatchStream:
         return edit_fill_mask(edit_mask, self.token, grow=grow, rng=rng)
 
     def _instruction(self, sample: EditSample, epoch: int, position: int) -> str:
-        if self.request_frames <= 0:
-            return sample.instruction
-        rng = np.random.default_rng(seed_sequence(self.seed, epoch, position, 2))
-        return request_frame(sample.instruction, rng) if rng.random() < self.request_frames else sample.instruction
+        instruction = sample.instruction
+        if self.word_dropout > 0:  # on the dataset's own words: a frame is not what the model must learn to read
+            rng = np.random.default_rng(seed_sequence(self.seed, epoch, position, 4))
+            instruction = drop_words(instruction, self.word_dropout, rng)
+        if self.request_frames > 0:
+            rng = np.random.default_rng(seed_sequence(self.seed, epoch, position, 2))
+            if rng.random() < self.request_frames:
+                instruction = request_frame(instruction, rng)
+        return instruction
 
     def _next_item(self) -> tuple[TrainItem, int]:
         while True:

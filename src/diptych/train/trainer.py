@@ -172,6 +172,7 @@ class Trainer:
             template=cfg.template,
             prompt_dropout=cfg.prompt_dropout,
             request_frames=cfg.request_frames,
+            word_dropout=cfg.word_dropout,
             rank=acc.process_index,
             world_size=acc.num_processes,
             edit_masks=cfg.loss_weighting == "edit" or cfg.objective == "locate",
