@@ -8,7 +8,6 @@ taken from the reworded instruction (`reword_heldout.py`) instead (docs/shapes.m
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -18,10 +17,11 @@ import torch
 from diptych.editor import Editor
 from diptych.prompts import build_prompt
 from diptych.shapes.bench import folder_cases, run_variant, variant_options
+from diptych.shapes_core.dataset import load_dataset
 
 
 def instructions(folder: Path) -> list[str]:
-    return [json.loads(line)["instruction"] for line in (folder / "data.jsonl").read_text().splitlines() if line]
+    return [record.instruction for record in load_dataset(folder)]
 
 
 def main(heldout: Path, reworded: Path, swapped: str) -> None:

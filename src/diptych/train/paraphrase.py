@@ -4,7 +4,7 @@ on the prompt's token states.
 An edit dataset phrases its instructions in a few fixed ways ("make the circle red", "remove the star"); users ask
 "please make the circle red" or "can you remove the star?". An adapter that has only seen the dataset's phrasings
 reads the exact token states of those phrasings, and a wording it never saw shifts every token's contextual state
-(MiniLM and T5 are contextual encoders), so it can fail on a word it should ignore. Two generic remedies, both off by
+(MiniLM and T5 are contextual encoders), so it can fail on a word it should ignore. Three generic remedies, all off by
 default (`request_frames`, `word_dropout`, `text_noise` in `TrainConfig`):
 
 - `request_frame`: the instruction wrapped in a common English request form. The frames are generic, written
