@@ -54,6 +54,17 @@ def test_minilm_encode_embeds_only_new_prompts_in_one_forward_and_bounds_its_cac
     assert big.shape[0] == 4
 
 
+def test_minilm_to_moves_the_model_and_drops_states_cached_on_the_old_device():
+    # The trainer moves the built-in encoder beside the transformer (it is not a pipeline component); "meta"
+    # stands in for a GPU here: a cached state must not survive the move, or a batch would mix devices.
+    encoder = MiniLMPromptEncoder.from_pretrained(max_length=16)
+    embeds, _ = encoder.encode(["make the circle red"])
+    assert encoder.to("meta") is encoder and not encoder._cache
+    assert all(p.device.type == "meta" for p in encoder.model.parameters())
+    reference = MiniLMPromptEncoder.from_pretrained(max_length=16).to("cpu")  # a move to where it is changes nothing
+    assert torch.equal(reference.encode(["make the circle red"])[0], embeds)
+
+
 def test_instruction_pooling_averages_only_the_instruction_tokens():
     import pytest
     import torch

@@ -122,6 +122,12 @@ class MiniLMPromptEncoder:
     def dim(self) -> int:
         return self.model.config.hidden_size
 
+    def to(self, device: torch.device | str) -> MiniLMPromptEncoder:
+        """Move the model (and drop the cache, whose states live where they were computed); returns self."""
+        self.model.to(device)
+        self._cache.clear()
+        return self
+
     @torch.no_grad()
     def embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batched forward, no cache."""

@@ -50,3 +50,28 @@ def fast() -> dict:
         "tensorboard": False,
         "cpu": True,
     }
+
+
+@pytest.fixture(scope="session")
+def first_batch_prompts() -> Callable[..., tuple]:
+    """`first_batch_prompts(tiny_base, data, root, fast, **options)`: a trainer set up on `data` (batch 3, no prompt
+    dropout) and the prompts of its first batch, as `train()` would draw them."""
+    from diptych.train.config import TrainConfig
+    from diptych.train.trainer import Trainer
+
+    def first(tiny_base, data, root, fast, **options):
+        cfg = TrainConfig(
+            base=tiny_base,
+            data=str(data),
+            output=str(root),
+            max_steps=1,
+            batch_size=3,
+            prompt_dropout=0.0,
+            **fast,
+            **options,
+        )
+        trainer = Trainer(cfg, show_progress=False)
+        trainer._setup()  # the data stream, as train() builds it
+        return trainer, [item.prompt for item in trainer.stream.next_batch()]
+
+    return first

@@ -63,23 +63,9 @@ def test_out_of_range_augmentation_is_refused(options, message):
         TrainConfig(base="b", data="d", output="o", **options)
 
 
-def first_batch_prompts(tiny_base, data, root, fast, **options):
-    cfg = TrainConfig(
-        base=tiny_base,
-        data=str(data),
-        output=str(root),
-        max_steps=1,
-        batch_size=3,
-        prompt_dropout=0.0,
-        **fast,
-        **options,
-    )
-    trainer = Trainer(cfg, show_progress=False)
-    trainer._setup()  # the data stream, as train() builds it
-    return trainer, [item.prompt for item in trainer.stream.next_batch()]
-
-
-def test_the_trainer_frames_instructions_and_noises_their_states(tiny_base, tmp_path, make_pairs, fast, read_metrics):
+def test_the_trainer_frames_instructions_and_noises_their_states(
+    tiny_base, tmp_path, make_pairs, fast, read_metrics, first_batch_prompts
+):
     data = make_pairs(tmp_path / "pairs", 3)
     _, plain = first_batch_prompts(tiny_base, data, tmp_path / "plain", fast)
     _, framed = first_batch_prompts(tiny_base, data, tmp_path / "framed", fast, request_frames=1.0)

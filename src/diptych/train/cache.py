@@ -186,7 +186,7 @@ class CachedPromptEncoder:
         if missing:
             embeds, pooled = self.encoder.encode(missing)
             for i, prompt in enumerate(missing):
-                record = {"embeds": embeds[i], "pooled": pooled[i]}
+                record = {"embeds": embeds[i].cpu(), "pooled": pooled[i].cpu()}  # where the stored ones come back
                 self.store.put(text_key(prompt), record)
                 records[text_key(prompt)] = record
         embeds = torch.stack([records[k]["embeds"] for k in keys])  # type: ignore[index]

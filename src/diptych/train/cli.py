@@ -145,6 +145,18 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--prompt-dropout", type=float, help="share of prompts replaced by ' ' (default 0.1)")
     data.add_argument(
+        "--synonyms",
+        metavar="FILE",
+        help="thesaurus JSON of the dataset's words and their synonyms, for --synonym-swap "
+        "(examples/shapes/thesaurus.json: the built-in model's, from WordNet)",
+    )
+    data.add_argument(
+        "--synonym-swap",
+        type=float,
+        help="probability that each word the --synonyms thesaurus lists is swapped for one of its synonyms, so the "
+        "adapter sees many words in the place of the dataset's verbs (default 0; e.g. 0.5)",
+    )
+    data.add_argument(
         "--request-frames",
         type=float,
         help="share of instructions wrapped in a generic request frame ('can you ...?', '... please'), so the "

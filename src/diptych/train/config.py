@@ -35,6 +35,7 @@ _FLOAT_FIELDS = (
     "balance_loss_weight",
     "ema_decay",
     "prompt_dropout",
+    "synonym_swap",
     "request_frames",
     "word_dropout",
     "text_noise",
@@ -104,6 +105,8 @@ class TrainConfig:
     bucketing: bool = False
     bucket_aspects: list[float] = field(default_factory=lambda: list(DEFAULT_BUCKET_ASPECTS))
     prompt_dropout: float = 0.1
+    synonyms: str | None = None  # thesaurus JSON of the dataset's words and their synonyms (thesaurus.py)
+    synonym_swap: float = 0.0  # probability that each word the thesaurus lists is swapped for a synonym
     request_frames: float = 0.0  # share of instructions wrapped in a request frame, "can you ...?" (paraphrase.py)
     word_dropout: float = 0.0  # probability that each word of an instruction is left out (paraphrase.py)
     text_noise: float = 0.0  # Gaussian noise on the prompt's token states, times their RMS (paraphrase.py)
@@ -205,6 +208,10 @@ class TrainConfig:
             raise ConfigError(f"prompt_dropout must be between 0 and 1, got {self.prompt_dropout}")
         if not 0.0 <= self.request_frames <= 1.0:
             raise ConfigError(f"request_frames must be between 0 and 1, got {self.request_frames}")
+        if not 0.0 <= self.synonym_swap <= 1.0:
+            raise ConfigError(f"synonym_swap must be between 0 and 1, got {self.synonym_swap}")
+        if self.synonym_swap > 0 and not self.synonyms:
+            raise ConfigError("synonym_swap needs a thesaurus: set synonyms (e.g. examples/shapes/thesaurus.json)")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ConfigError(f"word_dropout must be at least 0 and below 1 (e.g. 0.1), got {self.word_dropout}")
         if not 0.0 <= self.region_jitter <= 1.0:

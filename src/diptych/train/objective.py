@@ -118,8 +118,9 @@ class FlowMatchingObjective:
                 found[i] = (canvas_params[j], masked_params[j])
                 if cache is not None:
                     cache.put(keys[i], canvas_params[j], masked_params[j])
-        canvas_dist = DiagonalGaussianDistribution(torch.stack([f[0] for f in found]).to(device, vae.dtype))
-        masked_dist = DiagonalGaussianDistribution(torch.stack([f[1] for f in found]).to(device, vae.dtype))
+        # Cache hits come back on the CPU, fresh encodings on `device`: each is moved before they are stacked.
+        canvas_dist = DiagonalGaussianDistribution(torch.stack([f[0].to(device, vae.dtype) for f in found]))
+        masked_dist = DiagonalGaussianDistribution(torch.stack([f[1].to(device, vae.dtype) for f in found]))
 
         latents = canvas_dist.sample(generator=gens)
         latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor

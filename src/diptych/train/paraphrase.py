@@ -1,12 +1,14 @@
-"""Instruction augmentation at training time: request frames around the dataset's phrasing, word dropout, and noise
-on the prompt's token states.
+"""Instruction augmentation at training time: synonym swaps and request frames around the dataset's phrasing, word
+dropout, and noise on the prompt's token states.
 
 An edit dataset phrases its instructions in a few fixed ways ("make the circle red", "remove the star"); users ask
 "please make the circle red" or "can you remove the star?". An adapter that has only seen the dataset's phrasings
 reads the exact token states of those phrasings, and a wording it never saw shifts every token's contextual state
-(MiniLM and T5 are contextual encoders), so it can fail on a word it should ignore. Three generic remedies, all off by
-default (`request_frames`, `word_dropout`, `text_noise` in `TrainConfig`):
+(MiniLM and T5 are contextual encoders), so it can fail on a word it should ignore. Four generic remedies, all off by
+default (`synonym_swap`, `request_frames`, `word_dropout`, `text_noise` in `TrainConfig`):
 
+- `swap_synonyms`: the dataset's words swapped for synonyms from a thesaurus (`thesaurus.py`, read from WordNet;
+  Wei & Zou 2019, "EDA"), so that each of its verbs is one of many words the adapter has seen in that place.
 - `request_frame`: the instruction wrapped in a common English request form. The frames are generic, written
   without looking at any benchmark's held-out phrasings; "could you ..." is left out on purpose because the
   ShapesEdit held-out phrasings use it, so that benchmark still measures a wording never trained on.
@@ -19,6 +21,8 @@ default (`request_frames`, `word_dropout`, `text_noise` in `TrainConfig`):
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +51,22 @@ def request_frame(instruction: str, rng: np.random.Generator) -> str:
         text = text[0].lower() + text[1:]
     frame = REQUEST_FRAMES[int(rng.integers(len(REQUEST_FRAMES)))]
     return frame.replace("{instruction}", text)
+
+
+def swap_synonyms(
+    instruction: str, thesaurus: Mapping[str, Sequence[str]], probability: float, rng: np.random.Generator
+) -> str:
+    """`instruction` with each word the thesaurus lists swapped, with `probability`, for one of its synonyms drawn
+    by `rng`. Words are matched lower-cased; a word the thesaurus does not list (the edit's colours and shapes, in
+    a thesaurus built to leave them out) is never touched."""
+    if probability <= 0:
+        return instruction
+    words = instruction.split()
+    for i, word in enumerate(words):
+        synonyms = thesaurus.get(word.lower())
+        if synonyms and rng.random() < probability:
+            words[i] = synonyms[int(rng.integers(len(synonyms)))]
+    return " ".join(words)
 
 
 def drop_words(instruction: str, probability: float, rng: np.random.Generator) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..locator import draw_token_grid, token_grid
 from ..prompts import UNCONDITIONAL_PROMPT, build_prompt
 from .data import DataError, EditDataset, EditSample, SampleError, skip_reason
-from .paraphrase import drop_words, request_frame
+from .paraphrase import drop_words, request_frame, swap_synonyms
 
 logger = logging.getLogger("diptych.train")
 
@@ -218,6 +218,8 @@ class BatchStream:
         buckets: Sequence[PanelSize] | None = None,
         template: str | None = None,
         prompt_dropout: float = 0.1,
+        thesaurus: Mapping[str, Sequence[str]] | None = None,
+        synonym_swap: float = 0.0,
         request_frames: float = 0.0,
         word_dropout: float = 0.0,
         rank: int = 0,
@@ -235,6 +237,10 @@ class BatchStream:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= prompt_dropout <= 1.0:
             raise ValueError(f"prompt_dropout must be between 0 and 1, got {prompt_dropout}")
+        if not 0.0 <= synonym_swap <= 1.0:
+            raise ValueError(f"synonym_swap must be between 0 and 1, got {synonym_swap}")
+        if synonym_swap > 0 and not thesaurus:
+            raise ValueError("synonym_swap needs a thesaurus (word -> synonyms)")
         if not 0.0 <= request_frames <= 1.0:
             raise ValueError(f"request_frames must be between 0 and 1, got {request_frames}")
         if not 0.0 <= word_dropout < 1.0:
@@ -253,6 +259,8 @@ class BatchStream:
         self.cover = buckets is not None
         self.template = template
         self.prompt_dropout = prompt_dropout
+        self.thesaurus = thesaurus or {}  # the dataset's words and their synonyms (thesaurus.py)
+        self.synonym_swap = synonym_swap  # probability that each word the thesaurus lists is swapped (paraphrase.py)
         self.request_frames = request_frames  # share of instructions wrapped in a request frame (paraphrase.py)
         self.word_dropout = word_dropout  # probability that each word of an instruction is left out (paraphrase.py)
         self.rank, self.world_size = rank, world_size
@@ -353,6 +361,9 @@ class BatchStream:
 
     def _instruction(self, sample: EditSample, epoch: int, position: int) -> str:
         instruction = sample.instruction
+        if self.synonym_swap > 0:
+            rng = np.random.default_rng(seed_sequence(self.seed, epoch, position, 5))
+            instruction = swap_synonyms(instruction, self.thesaurus, self.synonym_swap, rng)
         if self.word_dropout > 0:  # on the dataset's own words: a frame is not what the model must learn to read
             rng = np.random.default_rng(seed_sequence(self.seed, epoch, position, 4))
             instruction = drop_words(instruction, self.word_dropout, rng)

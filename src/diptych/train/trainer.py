@@ -31,6 +31,7 @@ from .data import EditDataset, EditSample, open_dataset
 from .objective import FlowMatchingObjective
 from .paraphrase import noisy_states
 from .stream import BatchStream, edit_mask_canvas, first_samples, panel_buckets
+from .thesaurus import load_thesaurus
 
 TEXT_NOISE_SEED = 0x7E47  # mixed into a sample's seed for its text noise (a stream apart from its latent noise)
 
@@ -109,6 +110,7 @@ class Trainer:
             from ..adapters.lora import resolve_adapter_file
 
             self.init_file = resolve_adapter_file(cfg.init_adapter, local_files_only=True)
+        self.thesaurus = load_thesaurus(cfg.synonyms) if cfg.synonym_swap > 0 else None
         if self.pipe is None:
             from ..cli_options import is_builtin_base
             from ..loading import load_fill_pipeline
@@ -128,6 +130,8 @@ class Trainer:
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False).eval()
         pipe.to(acc.device)
+        if hasattr(self.encoder, "to"):  # the built-in MiniLM is not a pipeline component: it moves on its own
+            self.encoder.to(acc.device)
         if self.encoder is None:
             from ..encoders import FluxPromptEncoder
 
@@ -171,6 +175,8 @@ class Trainer:
             buckets=buckets,
             template=cfg.template,
             prompt_dropout=cfg.prompt_dropout,
+            thesaurus=self.thesaurus,
+            synonym_swap=cfg.synonym_swap,
             request_frames=cfg.request_frames,
             word_dropout=cfg.word_dropout,
             rank=acc.process_index,
@@ -371,6 +377,7 @@ class Trainer:
             edit_masks=[item.edit_mask for item in batch] if self.stream.edit_masks else None,
         )
         embeds, pooled = self.encoder.encode([item.prompt for item in batch])
+        embeds, pooled = embeds.to(acc.device), pooled.to(acc.device)  # a cached encoder gives them on the CPU
         if self.config.text_noise > 0:  # its own generators: the latent noise stays what it is without it
             text_generators = [torch.Generator("cpu").manual_seed(item.seed ^ TEXT_NOISE_SEED) for item in batch]
             embeds = noisy_states(embeds, self.config.text_noise, text_generators)
@@ -618,7 +625,7 @@ class Trainer:
         try:
             for sample in self.validation:  # one at a time: samples may differ in size
                 item = editor.prepare(EditRequest(sample.source, sample.instruction), template=self.config.template)
-                embeds, pooled = self.encoder.encode([item.prompt])
+                embeds, pooled = (t.to(self.accelerator.device) for t in self.encoder.encode([item.prompt]))
                 with self.accelerator.autocast():
                     probabilities = locator.probabilities(self.pipe, [item.canvas], [item.fill_mask], embeds, pooled)
                 masks.append(region_mask(probabilities[0], item.panel_source.size).convert("RGB"))
