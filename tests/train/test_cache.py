@@ -118,6 +118,10 @@ def test_cached_prompt_encoder_encodes_each_prompt_once(tmp_path):
     again = CachedPromptEncoder(Counting(), tmp_path, "fp")
     embeds2, pooled2 = again.encode(["c", "ab"])
     assert calls == [["ab", "c"]] and torch.equal(pooled2, pooled[[1, 0]]) and torch.equal(embeds2, embeds[[1, 0]])
+    # a batch of stored and fresh prompts comes back on the model's device ("meta" stands in for a GPU)
+    on_device = CachedPromptEncoder(Counting(), tmp_path, "fp", device="meta")
+    mixed = on_device.encode(["c", "new"])
+    assert all(t.device.type == "meta" for t in mixed) and calls[-1] == ["new"]
 
 
 def run_config(root, data, tiny_base, fast, **extra) -> TrainConfig:

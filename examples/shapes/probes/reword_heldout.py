@@ -35,14 +35,23 @@ def reword(record: dict) -> dict:
     raise SystemExit(f"cannot reword {record['instruction']!r} ({record['task']}) into a seen phrasing")
 
 
-def main(source: Path, target: Path) -> None:
+def read_records(folder: Path) -> list[dict]:
+    """The raw records of a `shapes make` folder (rewritten and written back by `write_folder`)."""
+    return [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines() if line]
+
+
+def write_folder(source: Path, target: Path, records: list[dict]) -> None:
+    """`records` as a `shapes make` folder at `target`, its images linked from `source`."""
     target.mkdir(parents=True, exist_ok=True)
     for entry in source.iterdir():
         if entry.name != "data.jsonl" and not (target / entry.name).exists():
             (target / entry.name).symlink_to(entry.resolve())
-    records = [reword(json.loads(line)) for line in (source / "data.jsonl").read_text().splitlines() if line]
     (target / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    print(f"reworded {len(records)} instructions into {target}")
+    print(f"{len(records)} edits -> {target}")
+
+
+def main(source: Path, target: Path) -> None:
+    write_folder(source, target, [reword(record) for record in read_records(source)])
 
 
 if __name__ == "__main__":

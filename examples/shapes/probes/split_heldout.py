@@ -10,23 +10,14 @@ without "could you", `DIR-1-can` with "can you" (a frame `--request-frames` trai
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from reword_heldout import read_records, write_folder  # this folder's probe, beside it on sys.path
 
 from diptych.shapes_core.edits import get_op
 
 OPENING = "could you "
-
-
-def write_folder(source: Path, target: Path, records: list[dict]) -> None:
-    """`records` as a `shapes make` folder at `target`, its images linked from `source`."""
-    target.mkdir(parents=True, exist_ok=True)
-    for entry in source.iterdir():
-        if entry.name != "data.jsonl" and not (target / entry.name).exists():
-            (target / entry.name).symlink_to(entry.resolve())
-    (target / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    print(f"{len(records)} edits -> {target}")
 
 
 def reopen(record: dict, opening: str) -> dict:
@@ -38,9 +29,8 @@ def reopen(record: dict, opening: str) -> dict:
 
 
 def main(source: Path, prefix: str) -> None:
-    records = [json.loads(line) for line in (source / "data.jsonl").read_text().splitlines() if line]
     by_form: dict[int, list[dict]] = {0: [], 1: []}
-    for record in records:
+    for record in read_records(source):
         op = get_op(record["task"])
         by_form[record["meta"]["phrasing_index"] - len(op.seen)].append(record)
     for form, chosen in by_form.items():

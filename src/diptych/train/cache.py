@@ -172,10 +172,13 @@ class LatentCache:
 
 
 class CachedPromptEncoder:
-    """A `PromptEncoder` that keeps every prompt's embeddings on disk (per encoder fingerprint)."""
+    """A `PromptEncoder` that keeps every prompt's embeddings on disk (per encoder fingerprint). The store keeps
+    them on the CPU; a batch is returned on `device` (the model's: a GPU trainer's batch mixes stored and fresh
+    prompts)."""
 
-    def __init__(self, encoder, folder: str | Path, fingerprint: str, **kwargs):
+    def __init__(self, encoder, folder: str | Path, fingerprint: str, *, device: torch.device | str = "cpu", **kwargs):
         self.encoder = encoder
+        self.device = device
         self.store = TensorStore(Path(folder) / f"text-{fingerprint}", **kwargs)
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,12 +189,12 @@ class CachedPromptEncoder:
         if missing:
             embeds, pooled = self.encoder.encode(missing)
             for i, prompt in enumerate(missing):
-                record = {"embeds": embeds[i].cpu(), "pooled": pooled[i].cpu()}  # where the stored ones come back
+                record = {"embeds": embeds[i].cpu(), "pooled": pooled[i].cpu()}  # where stored ones come back
                 self.store.put(text_key(prompt), record)
                 records[text_key(prompt)] = record
         embeds = torch.stack([records[k]["embeds"] for k in keys])  # type: ignore[index]
         pooled = torch.stack([records[k]["pooled"] for k in keys])  # type: ignore[index]
-        return embeds, pooled
+        return embeds.to(self.device), pooled.to(self.device)
 
     def flush(self) -> None:
         self.store.flush()

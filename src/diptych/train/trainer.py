@@ -157,7 +157,8 @@ class Trainer:
             from .cache import CachedPromptEncoder, LatentCache, prompt_encoder_fingerprint
 
             self.latent_cache = LatentCache(cfg.cache_dir, pipe.vae)
-            self.encoder = CachedPromptEncoder(self.encoder, cfg.cache_dir, prompt_encoder_fingerprint(self.encoder))
+            fingerprint = prompt_encoder_fingerprint(self.encoder)
+            self.encoder = CachedPromptEncoder(self.encoder, cfg.cache_dir, fingerprint, device=acc.device)
         self._setup_data()
         self._setup_model()
 
@@ -377,7 +378,6 @@ class Trainer:
             edit_masks=[item.edit_mask for item in batch] if self.stream.edit_masks else None,
         )
         embeds, pooled = self.encoder.encode([item.prompt for item in batch])
-        embeds, pooled = embeds.to(acc.device), pooled.to(acc.device)  # a cached encoder gives them on the CPU
         if self.config.text_noise > 0:  # its own generators: the latent noise stays what it is without it
             text_generators = [torch.Generator("cpu").manual_seed(item.seed ^ TEXT_NOISE_SEED) for item in batch]
             embeds = noisy_states(embeds, self.config.text_noise, text_generators)
@@ -625,7 +625,7 @@ class Trainer:
         try:
             for sample in self.validation:  # one at a time: samples may differ in size
                 item = editor.prepare(EditRequest(sample.source, sample.instruction), template=self.config.template)
-                embeds, pooled = (t.to(self.accelerator.device) for t in self.encoder.encode([item.prompt]))
+                embeds, pooled = self.encoder.encode([item.prompt])
                 with self.accelerator.autocast():
                     probabilities = locator.probabilities(self.pipe, [item.canvas], [item.fill_mask], embeds, pooled)
                 masks.append(region_mask(probabilities[0], item.panel_source.size).convert("RGB"))
