@@ -1,0 +1,195 @@
+"""Diagnostic: can a judge pick the seed that will succeed from the early filter's previews? (docs/shapes.md, "A
+judge on the model's own previews").
+
+`collect` runs the shipped LoRA-MoE as the early filter does — 4 seeds, 4 of 28 steps together, x0 previews — then
+lets all 4 finish and scores each finished edit by the success rule; a file of (source, previews, finals, labels)
+per edit. `picks` scores pick rules on a file: seed 0 (what `bench` reports as (c)), the best seed by the rule (the
+oracle), the shipped judge on the previews (what `bench` reports as (d)) and on the finished edits, and the medoid
+(the candidate closest to the others). `tune` fine-tunes the shipped judge on one file's previews (binary
+cross-entropy on the labels plus a listwise term on the edits whose seeds disagree) and reports its picks on another.
+
+    PYTHONPATH=src python examples/shapes/probes/own_previews.py collect runs/previews/train600.safetensors \\
+        --split train --seed 1 --n 600                       # ~19 min on 2 cores
+    PYTHONPATH=src python examples/shapes/probes/own_previews.py collect runs/previews/val200.safetensors --split val
+    PYTHONPATH=src python examples/shapes/probes/own_previews.py picks runs/previews/val200.safetensors
+    PYTHONPATH=src python examples/shapes/probes/own_previews.py tune runs/previews/train600.safetensors \\
+        runs/previews/val200.safetensors --steps 400 --lr 3e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from diptych.shapes_core.judge import ShapesJudge
+
+CANDIDATES, EARLY_STEPS, STEPS = 4, 4, 28
+
+
+def collect(out: Path, split: str, seed: int, n: int) -> None:
+    from diptych.editor import Editor, EditRequest
+    from diptych.shapes_core.dataset import sample_edit
+    from diptych.shapes_core.edits import judge_edit
+
+    editor = Editor.from_pretrained("shapes", adapter="moe")
+    rows: dict[str, list] = {"source": [], "previews": [], "finals": [], "labels": []}
+    meta: dict[str, list] = {"instructions": [], "tasks": [], "phrasings": []}
+    started = time.time()
+    for index in range(n):
+        ex = sample_edit(split, index, seed=seed, phrasings="seen" if split == "train" else "all")
+        base = editor.prepare(EditRequest(ex.source_image, ex.instruction, 0))
+        items = [replace(base, seed=s) for s in range(CANDIDATES)]
+        with editor.task_conditioning(None if base.task is None else [base.task]):
+            state = editor.sampler.run(editor.start(items, steps=STEPS, guidance=50.0), until=EARLY_STEPS)
+            previews = [editor.finish(i, c) for i, c in zip(items, editor.sampler.decode_state(state), strict=True)]
+            state = editor.sampler.run(state)  # all seeds finish: each one's outcome is its label
+        finals = [editor.finish(i, c) for i, c in zip(items, editor.sampler.decode_state(state), strict=True)]
+        labels = [judge_edit(f.resize(ex.source_image.size), ex.edit).success for f in finals]
+        rows["source"].append(np.asarray(base.panel_source.convert("RGB")))
+        rows["previews"].append(np.stack([np.asarray(p.convert("RGB")) for p in previews]))
+        rows["finals"].append(np.stack([np.asarray(f.convert("RGB")) for f in finals]))
+        rows["labels"].append(np.array(labels, dtype=np.uint8))
+        for key, value in (("instructions", ex.instruction), ("tasks", ex.task), ("phrasings", ex.phrasing)):
+            meta[key].append(value)
+        if (index + 1) % 25 == 0:
+            labels_so_far = np.stack(rows["labels"]).astype(bool)
+            print(
+                f"{index + 1}/{n} {time.time() - started:.0f} s: seed 0 {labels_so_far[:, 0].mean():.3f}, "
+                f"any seed {labels_so_far.any(1).mean():.3f}",
+                flush=True,
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: torch.from_numpy(np.stack(value)) for key, value in rows.items()}
+    save_file(tensors, str(out), metadata={"meta": json.dumps(meta), "split": split, "seed": str(seed)})
+
+
+def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        meta = json.loads(handle.metadata()["meta"])
+    return {key: value.numpy() for key, value in load_file(str(path)).items()}, meta
+
+
+def pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def judge_scores(net: nn.Module, source: np.ndarray, images: np.ndarray, text: torch.Tensor) -> torch.Tensor:
+    """Logits (edits, candidates) of `net` on each edit's candidate `images` (previews or finished edits)."""
+    n, k = images.shape[:2]
+    flat = pixels(images.reshape(n * k, *images.shape[2:]))
+    return net(pixels(source).repeat_interleave(k, 0), flat, text.repeat_interleave(k, 0)).view(n, k)
+
+
+def medoid_scores(images: np.ndarray) -> np.ndarray:
+    """Minus each candidate's mean L1 to the others: the highest is the one the seeds agree on."""
+    x = images.astype(np.float32) / 255
+    return -np.stack([np.abs(x - x[:, [a]]).mean(axis=(1, 2, 3, 4)) for a in range(x.shape[1])], axis=1)
+
+
+def success_of(labels: np.ndarray, scores: np.ndarray, phrasings: list[str]) -> str:
+    picked = labels[np.arange(len(labels)), np.asarray(scores).argmax(1)].astype(bool)
+    phrasing = np.array(phrasings)
+    split = " ".join(
+        f"{p} {picked[phrasing == p].mean() * 100:.1f}" for p in ("seen", "heldout") if (phrasing == p).any()
+    )
+    return f"{picked.mean() * 100:5.1f}% ({split})"
+
+
+@torch.no_grad()
+def picks(path: Path) -> None:
+    data, meta = load(path)
+    labels = data["labels"].astype(bool)
+    judge = ShapesJudge.from_pretrained()
+    first = np.eye(labels.shape[1])[np.zeros(len(labels), dtype=int)]
+    print(f"{path}: {len(labels)} edits; success per seed " + " ".join(f"{v * 100:.1f}" for v in labels.mean(0)))
+    print(f"  every seed succeeds {labels.all(1).mean() * 100:.1f}%, none {(~labels.any(1)).mean() * 100:.1f}%")
+    _, text = judge.encoder.encode(meta["instructions"])
+    rules = {
+        "seed 0": first,
+        "oracle (best seed by the rule)": labels.astype(float),
+        "shipped judge, previews": judge_scores(judge.net, data["source"], data["previews"], text).numpy(),
+        "shipped judge, finished edits": judge_scores(judge.net, data["source"], data["finals"], text).numpy(),
+        "medoid, previews": medoid_scores(data["previews"]),
+        "medoid, finished edits": medoid_scores(data["finals"]),
+    }
+    for name, scores in rules.items():
+        print(f"  {name:32s} {success_of(labels, scores, meta['phrasings'])}")
+
+
+def tune(train_path: Path, eval_path: Path, *, steps: int, lr: float, key: str, rank_weight: float) -> None:
+    train, train_meta = load(train_path)
+    evaluation, eval_meta = load(eval_path)
+    judge = ShapesJudge.from_pretrained()
+    net, encoder = judge.net, judge.encoder
+    eval_labels = evaluation["labels"].astype(bool)
+    labels = torch.from_numpy(train["labels"]).float()
+    _, text = encoder.encode(train_meta["instructions"])
+    _, eval_text = encoder.encode(eval_meta["instructions"])
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    rng = np.random.default_rng(0)
+
+    def report(tag: str) -> None:
+        net.eval()
+        with torch.no_grad():
+            scores = judge_scores(net, evaluation["source"], evaluation[key], eval_text).numpy()
+        net.train()
+        print(f"{tag}: {success_of(eval_labels, scores, eval_meta['phrasings'])}", flush=True)
+
+    report("step 0 (the shipped judge)")
+    net.train()
+    for step in range(1, steps + 1):
+        rows = rng.choice(len(labels), 16, replace=False)
+        scores = judge_scores(net, train["source"][rows], train[key][rows], text[rows])
+        target = labels[rows]
+        loss = nn.functional.binary_cross_entropy_with_logits(scores, target)
+        mixed = (target.sum(1) > 0) & (target.sum(1) < target.shape[1])  # the seeds disagree: a ranking to learn
+        if rank_weight > 0 and mixed.any():
+            wanted = target[mixed] / target[mixed].sum(1, keepdim=True)
+            loss = loss - rank_weight * (wanted * scores[mixed].log_softmax(1)).sum(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            report(f"step {step} (loss {loss.item():.3f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("out", type=Path)
+    c.add_argument("--split", default="val")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--n", type=int, default=200)
+    p = sub.add_parser("picks")
+    p.add_argument("file", type=Path)
+    t = sub.add_parser("tune")
+    t.add_argument("train", type=Path)
+    t.add_argument("eval", type=Path)
+    t.add_argument("--steps", type=int, default=400)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--key", choices=("previews", "finals"), default="previews")
+    t.add_argument("--rank-weight", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.command == "collect":
+        collect(args.out, args.split, args.seed, args.n)
+    elif args.command == "picks":
+        picks(args.file)
+    else:
+        tune(args.train, args.eval, steps=args.steps, lr=args.lr, key=args.key, rank_weight=args.rank_weight)
+
+
+if __name__ == "__main__":
+    main()
