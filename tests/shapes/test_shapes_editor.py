@@ -216,6 +216,25 @@ def test_bench_task_ablation_variants_condition_differently(shapes_folder, tmp_p
     assert "needs a task embedding" in no_tasks["variants"]["moe:true-task"]["unavailable"]
 
 
+def test_bench_sample_seeds_pool_every_seed_and_report_each(shapes_folder, capsys):
+    from diptych.shapes.bench import format_table, heldout_cases, run_bench
+
+    cases, base = heldout_cases(2), f"shapes:{shapes_folder}"
+    single = {s: run_bench(cases, base=base, variants=["lora"], steps=2, seed=s)["variants"]["lora"] for s in (0, 1)}
+    assert single[0]["overall"]["l1"] != single[1]["overall"]["l1"]  # the seed changes the edits
+    pooled = run_bench(cases, base=base, variants=["lora"], steps=2, sample_seeds=[0, 1, 1])
+    lora = pooled["variants"]["lora"]
+    assert pooled["sample_seeds"] == [0, 1] and lora["overall"]["n"] == 4  # a repeated seed counts once
+    assert lora["overall"]["l1"] == pytest.approx((single[0]["overall"]["l1"] + single[1]["overall"]["l1"]) / 2)
+    assert lora["per_seed"] == {str(s): single[s]["overall"]["success"] for s in (0, 1)}
+    table = format_table(pooled)
+    assert "sampling seeds 0, 1 pooled" in table and "| each seed |" in table
+    assert "each seed" not in format_table(run_bench(cases[:1], base=base, variants=["lora"], steps=2))
+    assert main(["shapes", "bench", "--base", base, "--steps", "2", "--n", "1", "--variants", "lora",
+                 "--sample-seeds", "3", "4", "--json", "-q"]) == 0  # fmt: skip
+    assert list(json.loads(capsys.readouterr().out)["variants"]["lora"]["per_seed"]) == ["3", "4"]
+
+
 def test_multiturn_drift_measures_thresholding(shapes_folder):
     from diptych.shapes.edits import edit_region
     from diptych.shapes.experiments import edit_chain, multiturn_drift

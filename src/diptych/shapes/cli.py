@@ -61,7 +61,8 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         help="success rate and L1 per operation for base, LoRA, LoRA-MoE and LoRA-MoE + early filter",
         epilog=(
             "examples:\n  diptych shapes bench --n 200\n  diptych shapes bench --data shapes-test/ --json\n"
-            "  diptych shapes bench --val-per-op 30 --ops recolor --variants runs/probe --grids runs/grids"
+            "  diptych shapes bench --val-per-op 30 --ops recolor --variants runs/probe --grids runs/grids\n"
+            "  diptych shapes bench --n 200 --variants moe --sample-seeds 0 1 2 3   # the spread over seeds"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -94,6 +95,15 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="also write DIR/VARIANT.png: source | output | ground truth, one row per edit",
+    )
+    bench.add_argument(
+        "--sample-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="make every edit once per sampling seed and pool them, with each seed's success (the cases stay "
+        "those of --seed): how much a single-seed figure owes to its seed",
     )
     _add_run_options(bench, progress=True)
     bench.set_defaults(func=run_bench_command)
@@ -262,7 +272,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         cases = val_cases(args.val_per_op, ops=args.ops, seed=args.seed)
     else:
         cases = folder_cases(args.data) if args.data else heldout_cases(args.n, seed=args.seed)
-    bar = tqdm(total=len(cases) * len(args.variants), unit="edit", disable=args.quiet, desc="bench")
+    seeds = len(set(args.sample_seeds)) if args.sample_seeds else 1
+    bar = tqdm(total=len(cases) * len(args.variants) * seeds, unit="edit", disable=args.quiet, desc="bench")
     report = run_bench(
         cases,
         base=args.base,
@@ -274,6 +285,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         progress=bar.update,
         grids=args.grids,
         locator=args.locator,
+        sample_seeds=args.sample_seeds,
     )
     bar.close()
     print(json.dumps(report) if args.json else format_table(report))
