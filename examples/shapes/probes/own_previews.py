@@ -26,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
-from diptych.shapes_core.judge import ShapesJudge
+from diptych.shapes_core.judge import ShapesJudge, to_tensor
 
 CANDIDATES, EARLY_STEPS, STEPS = 4, 4, 28
 
@@ -72,22 +74,18 @@ def collect(out: Path, split: str, seed: int, n: int) -> None:
 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, list]]:
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as handle:
-        meta = json.loads(handle.metadata()["meta"])
-    return {key: value.numpy() for key, value in load_file(str(path)).items()}, meta
-
-
-def pixels(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        tensors = {key: handle.get_tensor(key).numpy() for key in handle.keys()}  # noqa: SIM118 - not iterable
+        return tensors, json.loads(handle.metadata()["meta"])
 
 
 def judge_scores(net: nn.Module, source: np.ndarray, images: np.ndarray, text: torch.Tensor) -> torch.Tensor:
-    """Logits (edits, candidates) of `net` on each edit's candidate `images` (previews or finished edits)."""
+    """Logits (edits, candidates) of `net` on each edit's candidate `images` (previews or finished edits), the
+    images prepared as the judge prepares them in the early filter (`judge.to_tensor`)."""
     n, k = images.shape[:2]
-    flat = pixels(images.reshape(n * k, *images.shape[2:]))
-    return net(pixels(source).repeat_interleave(k, 0), flat, text.repeat_interleave(k, 0)).view(n, k)
+    flat = to_tensor([Image.fromarray(a) for a in images.reshape(n * k, *images.shape[2:])])
+    sources = to_tensor([Image.fromarray(a) for a in source])
+    return net(sources.repeat_interleave(k, 0), flat, text.repeat_interleave(k, 0)).view(n, k)
 
 
 def medoid_scores(images: np.ndarray) -> np.ndarray:
