@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="locator for --mask auto (`diptych train --objective locate`; the built-in model's default: the one "
         "in its folder, if shipped)",
     )
+    model.add_argument(
+        "--no-rewrite",
+        action="store_true",
+        help="edit with the instruction as given: the built-in model otherwise restates an unfamiliar wording in "
+        "the nearest phrasing it was trained on and says so ('could you make the star disappear' -> 'remove the "
+        "star')",
+    )
 
     sampling = edit.add_argument_group("sampling")
     sampling.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
@@ -261,7 +268,12 @@ def run_edit(args: argparse.Namespace) -> int:
     from .editor import DEFAULT_BASE, Editor, EditRequest
     from .images import save_image_atomic
 
-    editor = Editor.from_pretrained(args.base or DEFAULT_BASE, args.lora, locator=args.locator, **model_options(args))
+    editor = Editor.from_pretrained(
+        args.base or DEFAULT_BASE, args.lora, locator=args.locator, rewrite=not args.no_rewrite, **model_options(args)
+    )
+    for instruction in dict.fromkeys(job.instruction for job in jobs):
+        if not args.quiet and editor.rewriter is not None and (read := editor.rewrite(instruction)) != instruction:
+            print(f"diptych: reading {instruction!r} as {read!r} (--no-rewrite: as given)", file=sys.stderr)
     if args.fuse:
         editor.fuse_adapter()
     _use_task_embedding(editor, args)

@@ -73,6 +73,7 @@ class PreparedEdit:
     keep_grid: np.ndarray | None  # latent cells of the canvas that must keep the source
     located: bool = False  # the mask is the locator's: composited after sampling only (no keep-blending)
     task: str | None = None  # the edit's task, given or predicted (`Editor.resolve_tasks`); None without tasks
+    requested: str | None = None  # the instruction as given, when the editor's rewriter restated it
 
 
 class Editor:
@@ -109,6 +110,7 @@ class Editor:
         self.task_embedding: TaskEmbedding | None = None  # see use_task_embedding
         self.task_predictor = None
         self.locator: Locator | None = None  # see use_locator; needed by mask="auto"
+        self.rewriter: Callable[[str], str] | None = None  # see use_rewriter
         # "edit": a mask (the user's or the located region) is the Fill mask itself, the source around it, as the
         # adapter was trained (`diptych train --fill-region edit`); "panel": the whole right panel is filled
         self.fill_region = fill_region
@@ -131,6 +133,7 @@ class Editor:
         compile: bool = False,
         gguf: str | os.PathLike | None = None,
         locator: str | os.PathLike | None = None,
+        rewrite: bool = True,
     ) -> Editor:
         """Load a Fill model from the hub or a local diffusers folder, plus an optional adapter.
 
@@ -157,6 +160,10 @@ class Editor:
         `locator`: a locator file or training folder (`diptych train --objective locate`) for `mask="auto"`;
         it loads its own copy of `base`'s transformer. The built-in model's defaults to the one shipped in its
         folder, if any.
+
+        `rewrite`: restate each instruction with the model's instruction rewriter before editing, when it has one
+        (the built-in model: `shapes_core.rewrite.InstructionRewriter`, an unfamiliar wording -> the nearest seen
+        phrasing; see `use_rewriter`). False edits with the words as given.
         """
         model = load_fill_pipeline(
             base,
@@ -201,6 +208,10 @@ class Editor:
                     base, locator, device=transformer.device, dtype=transformer.dtype, local_files_only=local_files_only
                 )
             )
+        if rewrite:
+            from .shapes_core.models import resolve_rewriter
+
+            editor.use_rewriter(resolve_rewriter(str(base), editor.encoder))
         return editor
 
     @property
@@ -294,6 +305,17 @@ class Editor:
         from .conditioning.task_embedding import task_conditioning
 
         return task_conditioning(self.pipe.transformer, self.task_embedding, list(tasks))
+
+    # ------------------------------------------------------------------ rewriting
+    def use_rewriter(self, rewriter: Callable[[str], str] | None) -> None:
+        """Restate every instruction with `rewriter` (instruction -> instruction) before it is encoded, located
+        or its task predicted — the job of the LLM real editors put in front of the image model; None: edit with
+        the instruction as given. The result's `PreparedEdit.requested` keeps the words the user gave."""
+        self.rewriter = rewriter
+
+    def rewrite(self, instruction: str) -> str:
+        """`instruction` as the editor will read it (unchanged without a rewriter)."""
+        return instruction if self.rewriter is None else self.rewriter(instruction)
 
     # ------------------------------------------------------------------ locating
     def use_locator(self, locator: Locator | None) -> None:
@@ -452,7 +474,8 @@ class Editor:
     def prepare(self, request: EditRequest, *, width: int | None = None, template: str | None = None) -> PreparedEdit:
         """Validate inputs and lay out the diptych for one edit."""
         resolve_template(template)
-        instruction = validate_instruction(request.instruction)
+        requested = validate_instruction(request.instruction)
+        instruction = self.rewrite(requested)
         source = load_image(request.image)
         panel = cv.plan_panel(
             source.size,
@@ -463,10 +486,10 @@ class Editor:
         panel_source = cv.fit_panel(source, panel)
         canvas, fill_mask = cv.compose_diptych(panel_source)
         mask = keep_grid = None
-        requested = request.mask
-        if requested is None and self.fill_region == "edit" and self.locator is not None:
-            requested = AUTO_MASK  # an adapter trained on regions gets one: the located region
-        located = isinstance(requested, str) and requested == AUTO_MASK
+        given_mask = request.mask
+        if given_mask is None and self.fill_region == "edit" and self.locator is not None:
+            given_mask = AUTO_MASK  # an adapter trained on regions gets one: the located region
+        located = isinstance(given_mask, str) and given_mask == AUTO_MASK
         tasks = self.resolve_tasks([instruction], [request.task])  # None: the editor does not condition on tasks
         task = tasks[0] if tasks is not None else None
         if located:
@@ -475,8 +498,8 @@ class Editor:
             else:
                 region = self._located_mask(canvas, fill_mask, build_prompt(instruction, template), panel)
             mask = region.resize(source.size, Image.Resampling.NEAREST)
-        elif requested is not None:
-            mask = load_mask(requested, size=source.size)
+        elif given_mask is not None:
+            mask = load_mask(given_mask, size=source.size)
             region = cv.fit_mask(mask, (panel.width, panel.height))
             if self.fill_region == "panel":
                 cell = self.sampler.vae_scale  # pixels per latent cell
@@ -498,6 +521,7 @@ class Editor:
             keep_grid=keep_grid,
             located=located,
             task=task,
+            requested=requested if instruction != requested else None,
         )
 
     def start(

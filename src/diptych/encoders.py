@@ -146,6 +146,16 @@ class MiniLMPromptEncoder:
         pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
         return hidden, pooled
 
+    @torch.no_grad()
+    def sentence_vectors(self, sentences: list[str]) -> torch.Tensor:
+        """(N, dim) sentence-transformers vectors of plain sentences (token mean, L2-normalised), padded only to
+        the longest: `embed`'s pooled output without a template, at the cost of the sentences' own length."""
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(sentences, padding=True, truncation=True, return_tensors="pt").to(device)
+        hidden = self.model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached per prompt; the prompts not in the cache are embedded together in one forward (rows do
         not interact: padding is to `max_length` and masked), which keeps training batches cheap."""

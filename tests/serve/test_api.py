@@ -122,6 +122,25 @@ def test_random_seed_is_echoed(make_app, source_png):
     assert isinstance(response.json()["seed"], int)
 
 
+def test_the_answer_says_how_the_editors_rewriter_read_the_instruction(make_app, tiny_editor, source_png):
+    client = TestClient(make_app())
+    tiny_editor.use_rewriter(lambda text: "add a tree" if text == "could you plant a tree" else text)
+    try:
+        read = client.post(
+            "/v1/edits?format=json",
+            files={"image": ("a", source_png)},
+            data={"instruction": "could you plant a tree", "seed": "3"},
+        )
+        same = client.post(
+            "/v1/edits?format=json", files={"image": ("a", source_png)}, data={"instruction": "add a tree", "seed": "3"}
+        )
+    finally:
+        tiny_editor.use_rewriter(None)
+    assert read.status_code == 200 and read.json()["read_as"] == "add a tree"
+    assert same.status_code == 200 and "read_as" not in same.json()
+    assert read.json()["image"] == same.json()["image"]  # the model edited what it read
+
+
 def test_job_lifecycle(make_app, tiny_editor, source_png):
     app = make_app()
     client = TestClient(app)

@@ -3,6 +3,7 @@
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -91,6 +92,12 @@ def test_cli_edit_make_and_bench(shapes_folder, tmp_path, capsys):
         == 0
     )
     assert Image.open(tmp_path / "o.png").size == (64, 64)
+    capsys.readouterr()
+    asked = ["edit", str(tmp_path / "in.png"), "could you make the red star disappear", "-o", str(tmp_path / "r.png")]
+    asked += ["--base", f"shapes:{shapes_folder}", "--steps", "1"]
+    assert main(asked) == 0
+    assert re.search(r"as '(remove|delete|take away|get rid of|erase) the red star'", capsys.readouterr().err)
+    assert main([*asked, "--no-rewrite", "--overwrite"]) == 0 and "reading" not in capsys.readouterr().err
 
     assert main(["shapes", "make", "--split", "test", "--n", "6", "--out", str(tmp_path / "data")]) == 0
     lines = (tmp_path / "data" / "data.jsonl").read_text().splitlines()
@@ -214,6 +221,30 @@ def test_bench_task_ablation_variants_condition_differently(shapes_folder, tmp_p
     (tmp_path / "copy" / TASK_EMBEDDING_FILES["moe"]).unlink()
     no_tasks = run_bench(cases[:1], base=f"shapes:{tmp_path / 'copy'}", variants=["moe:true-task"], steps=2)
     assert "needs a task embedding" in no_tasks["variants"]["moe:true-task"]["unavailable"]
+
+
+def test_editor_reads_an_unfamiliar_wording_through_the_builtin_rewriter(shapes_folder, tiny_editor):
+    from diptych.editor import EditRequest
+    from diptych.prompts import build_prompt
+    from diptych.shapes.bench import heldout_cases, run_bench, variant_options
+    from diptych.shapes_core.edits import get_op
+
+    editor = Editor.from_pretrained(f"shapes:{shapes_folder}", device="cpu")
+    image = Image.new("RGB", (64, 64), "white")
+    asked = "could you make the circle disappear"
+    item = editor.prepare(EditRequest(image, asked))
+    assert item.instruction in {p.format(obj="circle") for p in get_op("remove").seen} and item.requested == asked
+    assert item.prompt == build_prompt(item.instruction) and item.task == "remove"  # the task read from the rewrite
+    assert editor.prepare(EditRequest(image, "remove the circle")).requested is None  # a seen phrasing: as given
+    literal = Editor.from_pretrained(f"shapes:{shapes_folder}", device="cpu", rewrite=False)
+    assert literal.rewriter is None and literal.prepare(EditRequest(image, asked)).instruction == asked
+    assert tiny_editor.rewriter is None  # another model has no rewriter
+    # the bench's ablation: +literal edits with the words as given, and only held-out phrasings differ
+    assert variant_options("moe+literal") == {"adapter": "moe", "rewrite": False}
+    cases = [c for c in heldout_cases(12) if c.phrasing == "heldout"][:2]
+    report = run_bench(cases, base=f"shapes:{shapes_folder}", variants=["moe", "moe+literal"], steps=2)
+    l1 = {name: variant["overall"]["l1"] for name, variant in report["variants"].items()}
+    assert l1["moe"] != l1["moe+literal"]
 
 
 def test_bench_sample_seeds_pool_every_seed_and_report_each(shapes_folder, capsys):

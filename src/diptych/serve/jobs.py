@@ -43,6 +43,7 @@ class EditResult:
     run_s: float
     early_filter: dict[str, Any] | None = None  # EarlyFilterResult.summary() for candidates > 1
     previews: list[Image.Image] = field(default_factory=list)
+    read_as: str | None = None  # the instruction as the editor's rewriter restated it, when it did
 
     def metadata(self) -> dict[str, Any]:
         """A JSON-able account of the edit (without the image)."""
@@ -57,6 +58,8 @@ class EditResult:
             "batch_size": self.batch_size,
             "timings": {"queued_s": round(self.queued_s, 4), "run_s": round(self.run_s, 4)},
         }
+        if self.read_as is not None:
+            out["read_as"] = self.read_as
         if self.early_filter is not None:
             summary = self.early_filter
             out["early_filter"] = {
@@ -231,6 +234,7 @@ class EditWorker:
                 job.future.set_exception(result)
                 continue
             image, summary, previews = result
+            read_as = self.editor.rewrite(job.options.instruction)  # what the model read: echoed to the client
             job.future.set_result(
                 EditResult(
                     image=image,
@@ -240,6 +244,7 @@ class EditWorker:
                     run_s=end - start,
                     early_filter=summary,
                     previews=previews,
+                    read_as=read_as if read_as != job.options.instruction else None,
                 )
             )
 

@@ -12,7 +12,10 @@ instruction. Emu Edit's task ablation adds two variants (not run by default):
 Any other variant is the path of a trained adapter (a `diptych train` output folder or file), run alone, or
 with early filtering as `PATH+filter`: how probes and new recipes are scored on the same cases. A `+locate`
 suffix on any variant (`moe+locate`, `PATH+locate`) edits with `mask="auto"`: the edit composited inside the
-region the locator predicts (`run_bench(locator=...)`, or the one shipped in the base's folder).
+region the locator predicts (`run_bench(locator=...)`, or the one shipped in the base's folder). Every variant
+reads the instruction through the built-in model's instruction rewriter (an unfamiliar wording -> the nearest
+seen phrasing, `shapes_core.rewrite`); a `+literal` suffix edits with the words as given: the rewriter's
+ablation.
 Every edit is scored by the exact ShapesEdit success rule (`diptych.shapes.edits.judge_edit`) against
 its ground-truth render; seen and held-out phrasings are reported apart. With several sampling seeds
 (`run_bench(sample_seeds=...)`, `--sample-seeds`) every edit is made once per seed: the report pools them and
@@ -55,6 +58,8 @@ LOCATE_SUFFIX = "+locate"
 #: A diagnostic, not a result: the edit's true region as the mask (what a perfect locator would give).
 TRUE_REGION_SUFFIX = "+true-region"
 TRUE_REGION = "true-region"
+#: The instruction as given, without the built-in model's rewriter (`Editor.from_pretrained(rewrite=False)`).
+LITERAL_SUFFIX = "+literal"
 #: `+cfgS`: classifier-free guidance on the instruction at scale S (the editor's `true_cfg_scale`).
 CFG_SUFFIX = re.compile(r"\+cfg(\d+(?:\.\d+)?)$")
 
@@ -62,7 +67,9 @@ CFG_SUFFIX = re.compile(r"\+cfg(\d+(?:\.\d+)?)$")
 def variant_options(name: str) -> dict[str, Any]:
     """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`); `+locate` on either
     adds the locator's mask, `+true-region` the edit's true region (the ceiling of a perfect locator), `+cfgS`
-    classifier-free guidance at scale S."""
+    classifier-free guidance at scale S, `+literal` the instruction as given (no rewriter)."""
+    if name.endswith(LITERAL_SUFFIX):
+        return variant_options(name.removesuffix(LITERAL_SUFFIX)) | {"rewrite": False}
     if match := CFG_SUFFIX.search(name):
         return variant_options(name[: match.start()]) | {"true_cfg_scale": float(match.group(1))}
     if name.endswith(LOCATE_SUFFIX):
@@ -266,7 +273,11 @@ def run_bench(
         located = options.get("mask") == AUTO_MASK
         try:
             editor = Editor.from_pretrained(
-                base, adapter=options["adapter"], device=device, locator=locator if located else None
+                base,
+                adapter=options["adapter"],
+                device=device,
+                locator=locator if located else None,
+                rewrite=options.get("rewrite", True),
             )
             if located and editor.locator is None:
                 raise DiptychError(f"{name} needs a locator: --locator FILE, or one shipped in the base's folder")

@@ -153,6 +153,16 @@ def resolve_locator(base: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def resolve_rewriter(base: str, encoder=None):
+    """The built-in model's instruction rewriter (`rewrite.InstructionRewriter`), reading sentences with
+    `encoder`'s MiniLM when it has one (the built-in model's text encoder); None for any other model."""
+    if not is_builtin_base(base):
+        return None
+    from .rewrite import InstructionRewriter
+
+    return InstructionRewriter(getattr(encoder, "sentence_vectors", None))
+
+
 def resolve_folder(base: str) -> Path:
     """'shapes' -> the shipped weights; 'shapes:/some/folder' -> a folder in the same layout."""
     if base == "shapes":
