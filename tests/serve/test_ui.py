@@ -57,6 +57,13 @@ def test_handlers_edit_mask_undo(make_app, tiny_editor):
     assert undone[4] == [[1, "make it red", 5]] and np.array_equal(np.asarray(undone[3]), np.asarray(result))
     fresh = handlers.edit(random_image(32, 32, seed=9), None, "x", 1, 2, 50.0, 1, 1, 0, state)
     assert fresh[7]["session"] != state["session"] and fresh[5] == [[1, "x", 1]]
+    # the status line says how the editor's rewriter read an instruction it restated
+    tiny_editor.use_rewriter(lambda text: "make it green" if text == "could you paint it green" else text)
+    try:
+        read = handlers.edit(random_image(32, 32, seed=9), None, "could you paint it green", 1, 2, 50.0, 1, 1, 0, None)
+    finally:
+        tiny_editor.use_rewriter(None)
+    assert "read as 'make it green'" in read[6] and "read as" not in fresh[6]
 
     with pytest.raises(gr.Error, match="empty instruction"):
         handlers.edit(source, value, "  ", 1, 2, 50.0, 1, 1, 0.0, None)

@@ -81,3 +81,18 @@ def test_candidates_fill_only_well_formed_slots():
     texts = {text for _, text, _ in rewriter.candidates("please paint the small star magenta")}
     assert "make the small star magenta" in texts
     assert not any("small star small" in t for t in texts)  # "small" describes the star: not a new size
+
+
+def test_a_request_is_read_once_while_it_is_in_the_bounded_cache():
+    calls = []
+
+    def embed(sentences):
+        calls.append(sentences[0])
+        return torch.nn.functional.normalize(torch.randn(len(sentences), 8), dim=-1)
+
+    rewriter = InstructionRewriter(embed, cache_size=2)
+    asked = ["could you make the cross vanish"] * 2 + ["could you make the star vanish", "make the circle vanish"]
+    for text in [*asked, "could you make the cross vanish"]:
+        rewriter.rewrite(text)
+    # the second request came from the cache; the last one had been pushed out by the two between
+    assert calls == [asked[0], asked[2], asked[3], asked[0]]

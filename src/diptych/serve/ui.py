@@ -113,7 +113,7 @@ class UiHandlers:
                 gallery.append((preview, f"seed {s}" + (" (judge's pick)" if index == winner else "")))
         status = (
             f"Turn {plan.index}: seed {meta['seed']}, {meta['steps']} steps, {meta['width']}x{meta['height']}, "
-            f"{meta['timings']['run_s']:.2f} s"
+            f"{meta['timings']['run_s']:.2f} s" + (f"; read as {meta['read_as']!r}" if "read_as" in meta else "")
         )
         editor_value = {"background": image, "layers": [], "composite": image}
         return (

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -179,12 +180,20 @@ class InstructionRewriter:
     """
 
     def __init__(
-        self, embed: Embed | None = None, *, min_similarity: float = 0.5, ops: Sequence[EditOp] = tuple(OPS.values())
+        self,
+        embed: Embed | None = None,
+        *,
+        min_similarity: float = 0.5,
+        ops: Sequence[EditOp] = tuple(OPS.values()),
+        cache_size: int = 256,
     ):
         self._embed = embed
         self.min_similarity = min_similarity
         self.ops = tuple(ops)
         self._seen = [(op, phrasing, _phrasing_pattern(phrasing)) for op in self.ops for phrasing in op.seen]
+        # an edit's instruction is read more than once (the editor, then what the CLI or server echoes back)
+        self._cache: OrderedDict[str, Rewrite] = OrderedDict()
+        self.cache_size = cache_size
 
     def embed(self, sentences: list[str]) -> torch.Tensor:
         if self._embed is None:
@@ -233,7 +242,17 @@ class InstructionRewriter:
         return out
 
     def rewrite(self, instruction: str) -> Rewrite:
-        """The rewrite of one request (the module docstring has the rule)."""
+        """The rewrite of one request (the module docstring has the rule); the last `cache_size` are kept."""
+        if instruction in self._cache:
+            self._cache.move_to_end(instruction)
+            return self._cache[instruction]
+        result = self._rewrite(instruction)
+        self._cache[instruction] = result
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return result
+
+    def _rewrite(self, instruction: str) -> Rewrite:
         text = " ".join(instruction.lower().strip().rstrip(".!?").split())
         if self.seen_phrasing(text) is not None:
             return Rewrite(instruction)
