@@ -71,6 +71,12 @@ def template_prefix_tokens(prompt: str, tokenizer) -> int:
     return 0
 
 
+def _mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sentence-transformers' pooling: the mean of the token states `mask` keeps (B, T), L2-normalised."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1), dim=-1)
+
+
 class MiniLMPromptEncoder:
     """Sentence-transformer MiniLM (all-MiniLM-L6-v2, 384-d) as a small Flux text encoder.
 
@@ -142,9 +148,7 @@ class MiniLMPromptEncoder:
                 skip = template_prefix_tokens(prompt, self.tokenizer)
                 if skip and mask[row, 1 + skip :].sum() > 1:  # the instruction's tokens and [SEP] survive truncation
                     mask[row, : 1 + skip] = 0  # [CLS] and the template's words
-        mask = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
-        return hidden, pooled
+        return hidden, _mean_pooled(hidden, mask)
 
     @torch.no_grad()
     def sentence_vectors(self, sentences: list[str]) -> torch.Tensor:
@@ -152,9 +156,7 @@ class MiniLMPromptEncoder:
         the longest: `embed`'s pooled output without a template, at the cost of the sentences' own length."""
         device = next(self.model.parameters()).device
         tokens = self.tokenizer(sentences, padding=True, truncation=True, return_tensors="pt").to(device)
-        hidden = self.model(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+        return _mean_pooled(self.model(**tokens).last_hidden_state, tokens["attention_mask"])
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached per prompt; the prompts not in the cache are embedded together in one forward (rows do
