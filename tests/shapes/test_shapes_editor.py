@@ -139,12 +139,15 @@ def test_cli_edit_make_and_bench(shapes_folder, tmp_path, capsys):
                 "2",
                 "--variants",
                 "base",
+                "--n",
+                "3",
+                "--json",
                 "-q",
             ]
         )
         == 0
     )
-    assert "| overall |" in capsys.readouterr().out
+    assert json.loads(capsys.readouterr().out)["variants"]["base"]["overall"]["n"] == 3  # --n: the folder's first 3
 
 
 def test_demo_writes_before_after_and_scores(shapes_folder, tmp_path, capsys):

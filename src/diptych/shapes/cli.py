@@ -67,7 +67,12 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--data", default=None, help="a `shapes make` folder (default: the held-out test split)")
-    bench.add_argument("--n", type=int, default=200, help="edits from the test split when --data is not given")
+    bench.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="edits to score: the first N of the test split (default 200) or of the --data folder (default: all)",
+    )
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument(
         "--variants",
@@ -265,6 +270,7 @@ def run_make(args: argparse.Namespace) -> int:
 def run_bench_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from ..errors import InputError
     from .bench import folder_cases, format_table, heldout_cases, run_bench, val_cases, variant_options
 
     for name in args.variants:
@@ -272,7 +278,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.val_per_op is not None:
         cases = val_cases(args.val_per_op, ops=args.ops, seed=args.seed)
     else:
-        cases = folder_cases(args.data) if args.data else heldout_cases(args.n, seed=args.seed)
+        if args.n is not None and args.n < 1:
+            raise InputError(f"--n must be at least 1, got {args.n}")
+        cases = folder_cases(args.data)[: args.n] if args.data else heldout_cases(args.n or 200, seed=args.seed)
     seeds = len(set(args.sample_seeds)) if args.sample_seeds else 1
     bar = tqdm(total=len(cases) * len(args.variants) * seeds, unit="edit", disable=args.quiet, desc="bench")
     report = run_bench(
