@@ -119,10 +119,11 @@ def val_cases(per_op: int, *, ops: Sequence[str] | None = None, seed: int = 0) -
     return cases
 
 
-def folder_cases(folder: str | Path) -> list[BenchCase]:
-    """Cases from a `diptych shapes make` folder (its instructions may have been rewritten by hand)."""
+def folder_cases(folder: str | Path, n: int | None = None) -> list[BenchCase]:
+    """Cases from a `diptych shapes make` folder (its instructions may have been rewritten by hand): the first
+    `n` of its edits, or all of them; only those have their images read."""
     cases = []
-    for record in load_dataset(folder):
+    for record in load_dataset(folder)[:n]:
         source, _, _ = record.load_images()
         cases.append(BenchCase(source, record.instruction, record.edit, record.task, record.phrasing))
     return cases

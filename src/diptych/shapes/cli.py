@@ -280,7 +280,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     else:
         if args.n is not None and args.n < 1:
             raise InputError(f"--n must be at least 1, got {args.n}")
-        cases = folder_cases(args.data)[: args.n] if args.data else heldout_cases(args.n or 200, seed=args.seed)
+        cases = folder_cases(args.data, args.n) if args.data else heldout_cases(args.n or 200, seed=args.seed)
     seeds = len(set(args.sample_seeds)) if args.sample_seeds else 1
     bar = tqdm(total=len(cases) * len(args.variants) * seeds, unit="edit", disable=args.quiet, desc="bench")
     report = run_bench(
