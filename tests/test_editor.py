@@ -57,6 +57,22 @@ def test_same_seed_same_pixels_other_seed_differs(tiny_editor, source_image):
     assert not np.array_equal(as_array(a), as_array(c))
 
 
+def test_stochastic_sampling_is_a_scheduler_flag_reproducible_by_seed(tiny_editor, source_image):
+    plain = tiny_editor.edit(source_image, "add a cat", seed=1, steps=3)
+    assert not tiny_editor.stochastic
+    tiny_editor.stochastic = True
+    try:
+        assert tiny_editor.pipe.scheduler.config.stochastic_sampling  # diffusers' own flag carries it
+        a = tiny_editor.edit(source_image, "add a cat", seed=1, steps=3)
+        b = tiny_editor.edit(source_image, "add a cat", seed=1, steps=3)
+        c = tiny_editor.edit(source_image, "add a cat", seed=2, steps=3)
+    finally:
+        tiny_editor.stochastic = False
+    assert np.array_equal(as_array(a), as_array(b)) and not np.array_equal(as_array(a), as_array(c))
+    assert not np.array_equal(as_array(a), as_array(plain))
+    assert np.array_equal(as_array(tiny_editor.edit(source_image, "add a cat", seed=1, steps=3)), as_array(plain))
+
+
 @pytest.mark.parametrize(("size", "expected"), [((50, 37), (32, 24)), ((33, 97), (32, 96)), ((640, 100), (32, 4))])
 def test_output_size_follows_sizing_rule_and_keep_size(tiny_editor, size, expected):
     image = random_image(*size)
@@ -272,3 +288,17 @@ def test_edit_many_isolated_fails_only_the_bad_edit():
         edit_many_isolated(editor, ["a", "bug"], steps=1)
     out = edit_many_isolated(editor, ["bug", "a"], errors=(Exception,), steps=1)
     assert isinstance(out[0], RuntimeError) and out[1] == "a:1"
+
+
+def test_cli_stochastic_flag_reaches_the_editor(tiny_base, tiny_editor, source_image, tmp_path):
+    from diptych.cli import main
+
+    source_image.save(tmp_path / "in.png")
+    argv = ["edit", str(tmp_path / "in.png"), "add a cat", "--base", tiny_base, "--width", "32", "--steps", "3"]
+    assert main([*argv, "-o", str(tmp_path / "out.png"), "--device", "cpu", "-q", "--stochastic"]) == 0
+    tiny_editor.stochastic = True
+    try:
+        expected = tiny_editor.edit(source_image, "add a cat", steps=3, width=32)
+    finally:
+        tiny_editor.stochastic = False
+    assert np.array_equal(as_array(Image.open(tmp_path / "out.png")), as_array(expected))

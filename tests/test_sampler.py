@@ -108,3 +108,56 @@ def test_keep_mask_pins_latents_to_source(pipe):
     kept = final.keep_mask.bool()
     assert kept.any()
     assert torch.equal(final.latents[kept], final.keep_latents[kept])
+
+
+def _stochastic(pipe):
+    """The same pipeline with its scheduler's stochastic_sampling flag on (a copy: the fixture stays as it is)."""
+    import copy
+
+    stochastic = copy.copy(pipe)
+    stochastic.scheduler = copy.deepcopy(pipe.scheduler)
+    stochastic.scheduler.register_to_config(stochastic_sampling=True)
+    return stochastic
+
+
+def test_stochastic_step_is_diffusers_stochastic_sampling(pipe):
+    from diptych.sampler import step_noise
+
+    stochastic = _stochastic(pipe)
+    sampler, state = _start(stochastic, seeds=(42,))
+    assert state.stochastic and state.seeds.tolist() == [42]
+    after = sampler.step(state)
+    sigma = state.sigmas[0]
+    velocity = (state.latents.float() - after.x0.float()) / sigma
+    scheduler = stochastic.scheduler
+    scheduler.sigmas, scheduler.timesteps = state.sigmas.clone(), state.timesteps.clone()
+    scheduler.set_begin_index(0)
+    scheduler._step_index = None
+    # diffusers draws its fresh noise from the generator it is given: the one step_noise seeds for (42, step 0)
+    generator = torch.Generator("cpu").manual_seed(42 * 1_000_003 + 1)
+    expected = scheduler.step(velocity, state.timesteps[0], state.latents.float(), generator=generator).prev_sample
+    tol = 1e-5 if pipe.dtype == torch.float32 else 2e-2
+    assert torch.allclose(after.latents.float(), expected.float(), atol=tol)
+    assert torch.equal(
+        step_noise(state.seeds, 0, state.latents.shape[1:])[0],
+        torch.randn(state.latents.shape[1:], generator=torch.Generator("cpu").manual_seed(42 * 1_000_003 + 1)),
+    )
+    # not the Euler step of the flow
+    euler = state.latents.float() + (state.sigmas[1] - sigma) * velocity
+    assert not torch.allclose(after.latents.float(), euler, atol=1e-3)
+
+
+def test_stochastic_run_resumes_exactly_and_does_not_depend_on_the_batch(pipe, tmp_path):
+    stochastic = _stochastic(pipe)
+    sampler, state = _start(stochastic, seeds=(42,))
+    full = sampler.run(state)
+    assert not torch.equal(full.latents, _pipeline_latents(pipe))  # the deterministic run differs
+    partial = sampler.run(state, until=3)
+    partial.save(tmp_path / "state.safetensors")
+    loaded = FillState.load(tmp_path / "state.safetensors")
+    assert loaded.stochastic and loaded.seeds.tolist() == [42]
+    assert torch.equal(sampler.run(loaded).latents, full.latents)
+    _, batch = _start(stochastic, seeds=(7, 42))
+    in_batch = sampler.run(sampler.run(batch, until=2).select([1]))
+    tol = 1e-5 if pipe.dtype == torch.float32 else 2e-2
+    assert torch.allclose(in_batch.latents.float(), full.latents.float(), atol=tol)

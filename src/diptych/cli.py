@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "transformer passes a step (default 1: off; FLUX.1 Fill has distilled guidance, --guidance, instead)",
     )
     sampling.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="stochastic sampling: each step re-noises the model's clean-image prediction with fresh noise from "
+        "the seed instead of following the flow (diffusers' stochastic_sampling; default off)",
+    )
+    sampling.add_argument(
         "--width",
         type=int,
         default=None,
@@ -277,6 +283,7 @@ def run_edit(args: argparse.Namespace) -> int:
     if args.fuse:
         editor.fuse_adapter()
     _use_task_embedding(editor, args)
+    editor.stochastic = args.stochastic
     if args.routing_stats:
         if editor.adapter_kind != "moe":
             raise InputError("--routing-stats needs a LoRA-MoE adapter (--lora with expert weights)")

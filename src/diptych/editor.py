@@ -7,6 +7,7 @@ a prompt saying the right is the left "but {instruction}". The Fill model comple
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -222,6 +223,19 @@ class Editor:
     @cache.setter
     def cache(self, spec: CacheMode | str | None) -> None:
         self.sampler.cache = spec
+
+    @property
+    def stochastic(self) -> bool:
+        """Stochastic sampling: each step re-noises the x0 prediction with fresh noise drawn from the edit's seed
+        instead of following the flow (diffusers' `FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)`;
+        the flag lives on the pipeline's scheduler, so a scheduler built with it turns it on too)."""
+        return bool(self.pipe.scheduler.config.get("stochastic_sampling", False))
+
+    @stochastic.setter
+    def stochastic(self, on: bool) -> None:
+        if on and "stochastic_sampling" not in inspect.signature(type(self.pipe.scheduler).__init__).parameters:
+            raise InputError(f"{type(self.pipe.scheduler).__name__} has no stochastic_sampling option")
+        self.pipe.scheduler.register_to_config(stochastic_sampling=bool(on))
 
     # ------------------------------------------------------------------ adapters
     def fuse_adapter(self) -> None:

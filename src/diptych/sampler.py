@@ -11,6 +11,11 @@ Two details make that exact:
   replay the first draw without the encode, and cache the masked-canvas latents in the state, so resuming
   never touches the generator.
 - Modules run in eval mode (dropout off); loaders and the tiny rig guarantee it.
+
+Stochastic sampling (`FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)`, read from the pipeline's
+scheduler when a batch is prepared): each step re-noises the x0 prediction to the next sigma with fresh noise
+instead of following the velocity, as the scheduler's `step` does. The fresh noise of sample i at step k is drawn
+from a generator seeded by (seed_i, k), so it too resumes exactly and does not depend on the batch.
 """
 
 from __future__ import annotations
@@ -75,6 +80,9 @@ class FillState:
     true_cfg_scale: float = 1.0
     negative_prompt_embeds: torch.Tensor | None = None
     negative_pooled_prompt_embeds: torch.Tensor | None = None
+    # Stochastic sampling (see the module docstring): each sample's seed, which draws its fresh noise per step.
+    stochastic: bool = False
+    seeds: torch.Tensor | None = None  # (B,) int64
 
     _TENSORS = (
         "latents",
@@ -90,6 +98,7 @@ class FillState:
         "x0",
         "negative_prompt_embeds",
         "negative_pooled_prompt_embeds",
+        "seeds",
     )
     _BATCHED = (
         "latents",
@@ -103,6 +112,7 @@ class FillState:
         "x0",
         "negative_prompt_embeds",
         "negative_pooled_prompt_embeds",
+        "seeds",
     )
 
     @property
@@ -135,7 +145,13 @@ class FillState:
             for name in self._TENSORS
             if getattr(self, name) is not None
         }
-        meta = {"height": self.height, "width": self.width, "step": self.step, "true_cfg_scale": self.true_cfg_scale}
+        meta = {
+            "height": self.height,
+            "width": self.width,
+            "step": self.step,
+            "true_cfg_scale": self.true_cfg_scale,
+            "stochastic": self.stochastic,
+        }
         write_atomic(path, save(tensors, metadata={"diptych_fill_state": json.dumps(meta)}))
 
     @classmethod
@@ -163,6 +179,16 @@ def masked_canvas(canvas: torch.Tensor, fill: torch.Tensor, content: str = "zero
         return canvas * (1 - fill)
     left = canvas[..., : canvas.shape[-1] // 2]
     return torch.cat((left, left), dim=-1)
+
+
+def step_noise(seeds: torch.Tensor, step: int, shape: Sequence[int]) -> torch.Tensor:
+    """Stochastic sampling's fresh noise (B, *shape) float32 at step index `step`: sample i's from a generator
+    seeded by (seeds[i], step), so that it does not depend on the batch or on where sampling was resumed."""
+    draws = []
+    for seed in seeds.tolist():
+        gen = torch.Generator("cpu").manual_seed((seed * 1_000_003 + step + 1) % 2**63)
+        draws.append(torch.randn(tuple(shape), generator=gen, dtype=torch.float32))
+    return torch.stack(draws)
 
 
 class FillSampler:
@@ -242,6 +268,7 @@ class FillSampler:
         `keep_masks[i]`, if given, is a (rows, cols) array over the latent grid of the whole canvas:
         1 where the latents must stay the canvas's own (re-noised to the current level each step).
         `true_cfg_scale` > 1 guides each step away from the negative prompt embeddings (required then).
+        The pipeline scheduler's `stochastic_sampling` flag, as it is now, decides the state's sampling.
         """
         pipe, device = self.pipe, self.pipe._execution_device
         batch = len(canvases)
@@ -286,6 +313,7 @@ class FillSampler:
             keep_latents, keep_mask = self._keep_tensors(init, keep_masks, lat_h, lat_w, dtype, device)
 
         sigmas, timesteps = self.schedule(steps, height, width, device)
+        stochastic = bool(pipe.scheduler.config.get("stochastic_sampling", False))
         guidance_values = [guidance] * batch if isinstance(guidance, int | float) else list(guidance)
         return FillState(
             latents=latents,
@@ -303,6 +331,8 @@ class FillSampler:
             true_cfg_scale=float(true_cfg_scale),
             negative_prompt_embeds=negative_prompt_embeds,
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            stochastic=stochastic,
+            seeds=torch.tensor([int(seed) for seed in seeds], dtype=torch.int64) if stochastic else None,
         )
 
     def schedule(self, steps: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,7 +414,11 @@ class FillSampler:
             velocity = negative + state.true_cfg_scale * (velocity - negative)
         sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
         x0 = latents - sigma.to(latents.device, latents.dtype) * velocity
-        new_latents = (latents.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
+        if state.stochastic and sigma_next > 0:
+            fresh = step_noise(state.seeds, i, latents.shape[1:]).to(latents.device)
+            new_latents = ((1 - sigma_next) * x0.to(torch.float32) + sigma_next * fresh).to(velocity.dtype)
+        else:
+            new_latents = (latents.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
         if state.keep_mask is not None:
             level = sigma_next.to(new_latents.device, new_latents.dtype)
             kept = (1 - level) * state.keep_latents + level * state.noise

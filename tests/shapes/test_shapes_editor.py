@@ -244,10 +244,12 @@ def test_editor_reads_an_unfamiliar_wording_through_the_builtin_rewriter(shapes_
     assert tiny_editor.rewriter is None  # another model has no rewriter
     # the bench's ablation: +literal edits with the words as given, and only held-out phrasings differ
     assert variant_options("moe+literal") == {"adapter": "moe", "rewrite": False}
+    assert variant_options("moe+literal+stochastic") == {"adapter": "moe", "rewrite": False, "stochastic": True}
     cases = [c for c in heldout_cases(12) if c.phrasing == "heldout"][:2]
-    report = run_bench(cases, base=f"shapes:{shapes_folder}", variants=["moe", "moe+literal"], steps=2)
+    variants = ["moe", "moe+literal", "moe+stochastic"]
+    report = run_bench(cases, base=f"shapes:{shapes_folder}", variants=variants, steps=2)
     l1 = {name: variant["overall"]["l1"] for name, variant in report["variants"].items()}
-    assert l1["moe"] != l1["moe+literal"]
+    assert l1["moe"] != l1["moe+literal"] and l1["moe"] != l1["moe+stochastic"]
 
 
 def test_bench_sample_seeds_pool_every_seed_and_report_each(shapes_folder, capsys):

@@ -60,6 +60,8 @@ TRUE_REGION_SUFFIX = "+true-region"
 TRUE_REGION = "true-region"
 #: The instruction as given, without the built-in model's rewriter (`Editor.from_pretrained(rewrite=False)`).
 LITERAL_SUFFIX = "+literal"
+#: Stochastic sampling (`Editor.stochastic`: each step re-noises the x0 prediction with fresh noise).
+STOCHASTIC_SUFFIX = "+stochastic"
 #: `+cfgS`: classifier-free guidance on the instruction at scale S (the editor's `true_cfg_scale`).
 CFG_SUFFIX = re.compile(r"\+cfg(\d+(?:\.\d+)?)$")
 
@@ -67,7 +69,10 @@ CFG_SUFFIX = re.compile(r"\+cfg(\d+(?:\.\d+)?)$")
 def variant_options(name: str) -> dict[str, Any]:
     """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`); `+locate` on either
     adds the locator's mask, `+true-region` the edit's true region (the ceiling of a perfect locator), `+cfgS`
-    classifier-free guidance at scale S, `+literal` the instruction as given (no rewriter)."""
+    classifier-free guidance at scale S, `+literal` the instruction as given (no rewriter), `+stochastic`
+    stochastic sampling."""
+    if name.endswith(STOCHASTIC_SUFFIX):
+        return variant_options(name.removesuffix(STOCHASTIC_SUFFIX)) | {"stochastic": True}
     if name.endswith(LITERAL_SUFFIX):
         return variant_options(name.removesuffix(LITERAL_SUFFIX)) | {"rewrite": False}
     if match := CFG_SUFFIX.search(name):
@@ -280,6 +285,7 @@ def run_bench(
                 locator=locator if located else None,
                 rewrite=options.get("rewrite", True),
             )
+            editor.stochastic = options.get("stochastic", False)
             if located and editor.locator is None:
                 raise DiptychError(f"{name} needs a locator: --locator FILE, or one shipped in the base's folder")
             if options.get("task") == "none":
