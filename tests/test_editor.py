@@ -73,6 +73,22 @@ def test_stochastic_sampling_is_a_scheduler_flag_reproducible_by_seed(tiny_edito
     assert np.array_equal(as_array(tiny_editor.edit(source_image, "add a cat", seed=1, steps=3)), as_array(plain))
 
 
+def test_stochastic_sampling_needs_a_scheduler_that_has_it(tiny_editor):
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    scheduler = tiny_editor.pipe.scheduler
+    tiny_editor.pipe.scheduler = FlowMatchHeunDiscreteScheduler()
+    try:
+        with pytest.raises(InputError, match="FlowMatchHeunDiscreteScheduler has no stochastic_sampling option"):
+            tiny_editor.stochastic = True
+        tiny_editor.stochastic = False  # turning it off is always possible, and leaves the scheduler as it was
+        assert not tiny_editor.stochastic and "stochastic_sampling" not in tiny_editor.pipe.scheduler.config
+        with pytest.raises(InputError, match="no stochastic_sampling option"):
+            tiny_editor.stochastic = True
+    finally:
+        tiny_editor.pipe.scheduler = scheduler
+
+
 @pytest.mark.parametrize(("size", "expected"), [((50, 37), (32, 24)), ((33, 97), (32, 96)), ((640, 100), (32, 4))])
 def test_output_size_follows_sizing_rule_and_keep_size(tiny_editor, size, expected):
     image = random_image(*size)

@@ -7,7 +7,6 @@ a prompt saying the right is the left "but {instruction}". The Fill model comple
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -233,8 +232,10 @@ class Editor:
 
     @stochastic.setter
     def stochastic(self, on: bool) -> None:
-        if on and "stochastic_sampling" not in inspect.signature(type(self.pipe.scheduler).__init__).parameters:
-            raise InputError(f"{type(self.pipe.scheduler).__name__} has no stochastic_sampling option")
+        if "stochastic_sampling" not in self.pipe.scheduler.config:  # diffusers records every option there
+            if on:
+                raise InputError(f"{type(self.pipe.scheduler).__name__} has no stochastic_sampling option")
+            return  # off already; writing the flag would make this scheduler look as if it had the option
         self.pipe.scheduler.register_to_config(stochastic_sampling=bool(on))
 
     # ------------------------------------------------------------------ adapters

@@ -80,8 +80,7 @@ class FillState:
     true_cfg_scale: float = 1.0
     negative_prompt_embeds: torch.Tensor | None = None
     negative_pooled_prompt_embeds: torch.Tensor | None = None
-    # Stochastic sampling (see the module docstring): each sample's seed, which draws its fresh noise per step.
-    stochastic: bool = False
+    # Stochastic sampling (see the module docstring) when set: each sample's seed, which draws its fresh noise.
     seeds: torch.Tensor | None = None  # (B,) int64
 
     _TENSORS = (
@@ -116,6 +115,10 @@ class FillState:
     )
 
     @property
+    def stochastic(self) -> bool:
+        return self.seeds is not None
+
+    @property
     def batch_size(self) -> int:
         return self.latents.shape[0]
 
@@ -145,13 +148,7 @@ class FillState:
             for name in self._TENSORS
             if getattr(self, name) is not None
         }
-        meta = {
-            "height": self.height,
-            "width": self.width,
-            "step": self.step,
-            "true_cfg_scale": self.true_cfg_scale,
-            "stochastic": self.stochastic,
-        }
+        meta = {"height": self.height, "width": self.width, "step": self.step, "true_cfg_scale": self.true_cfg_scale}
         write_atomic(path, save(tensors, metadata={"diptych_fill_state": json.dumps(meta)}))
 
     @classmethod
@@ -313,7 +310,6 @@ class FillSampler:
             keep_latents, keep_mask = self._keep_tensors(init, keep_masks, lat_h, lat_w, dtype, device)
 
         sigmas, timesteps = self.schedule(steps, height, width, device)
-        stochastic = bool(pipe.scheduler.config.get("stochastic_sampling", False))
         guidance_values = [guidance] * batch if isinstance(guidance, int | float) else list(guidance)
         return FillState(
             latents=latents,
@@ -331,8 +327,11 @@ class FillSampler:
             true_cfg_scale=float(true_cfg_scale),
             negative_prompt_embeds=negative_prompt_embeds,
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            stochastic=stochastic,
-            seeds=torch.tensor([int(seed) for seed in seeds], dtype=torch.int64) if stochastic else None,
+            seeds=(
+                torch.tensor([int(seed) for seed in seeds], dtype=torch.int64)
+                if pipe.scheduler.config.get("stochastic_sampling", False)
+                else None
+            ),
         )
 
     def schedule(self, steps: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -414,7 +413,7 @@ class FillSampler:
             velocity = negative + state.true_cfg_scale * (velocity - negative)
         sigma, sigma_next = state.sigmas[i], state.sigmas[i + 1]
         x0 = latents - sigma.to(latents.device, latents.dtype) * velocity
-        if state.stochastic and sigma_next > 0:
+        if state.seeds is not None and sigma_next > 0:
             fresh = step_noise(state.seeds, i, latents.shape[1:]).to(latents.device)
             new_latents = ((1 - sigma_next) * x0.to(torch.float32) + sigma_next * fresh).to(velocity.dtype)
         else:
