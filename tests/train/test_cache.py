@@ -214,3 +214,8 @@ def test_new_options_are_validated():
         TrainConfig(edit_weight=0.5)
     with pytest.raises(ConfigError, match="timestep_shift"):
         TrainConfig(timestep_shift=0)
+    with pytest.raises(ConfigError, match="pixel_loss_weight"):
+        TrainConfig(pixel_loss_weight=-0.1)
+    with pytest.raises(ConfigError, match="pixel_loss_weight"):
+        TrainConfig(pixel_loss_weight=0.1, objective="locate", adapter="lora", task_embedding=False)
+    assert TrainConfig(pixel_loss_weight="1e-1").pixel_loss_weight == 0.1  # YAML's 1e-1 is a string

@@ -117,7 +117,7 @@ def test_flow_matching_loss_draws_t_and_noise_per_sample_and_weights_regions(pip
     assert torch.allclose(objective.loss(zero, encoded, *embeds, gens(11, 12), guidance_embeds=True), expected)
 
 
-def test_velocity_error_is_per_token_at_given_times(pipe, embeds):
+def test_the_velocity_and_its_error_are_per_token_at_given_times(pipe, embeds):
     canvas, mask = training_diptych(random_image(16, 16, seed=1), random_image(16, 16, seed=2), PanelSize(16, 16))
     objective = FlowMatchingObjective(pipe)
     encoded = objective.encode([canvas, canvas], [mask, mask], gens(1, 2), device=CPU, dtype=torch.float32)
@@ -125,7 +125,8 @@ def test_velocity_error_is_per_token_at_given_times(pipe, embeds):
     oracle = Oracle(encoded.x0, right)  # exact on the right panel, zero on the left
     t = torch.tensor([0.25, 0.75])
     noise = torch.randn(encoded.x0.shape, generator=torch.Generator().manual_seed(7))
-    error = objective.velocity_error(oracle, encoded, *embeds, t, noise, guidance_embeds=False)
+    velocity = objective.velocity(oracle, encoded, *embeds, t, noise, guidance_embeds=False)
+    error = objective.squared_error(velocity, encoded, noise)
     assert error.shape == encoded.x0.shape[:2]
     assert torch.equal(oracle.calls[0]["timestep"], t)
     assert error[right].max() < 1e-8
@@ -154,6 +155,62 @@ def test_a_samples_loss_does_not_depend_on_its_batch(pipe, embeds):
 
     both = loss([0, 1])
     assert torch.allclose(both, (loss([0]) + loss([1])) / 2, rtol=1e-5)
+
+
+def _edit_mask(size, box):
+    from PIL import Image
+
+    edit = Image.new("L", size, 0)
+    edit.paste(255, box)
+    return edit
+
+
+def test_pixel_loss_is_the_decoded_x0_predictions_error_over_the_edit(pipe, embeds):
+    """`pixel_loss_weight`: zero for the true velocity; for a velocity off on the tokens of one panel, nonzero only
+    when they are the target panel's; equal to the mean |decoded x0 prediction - decoded x0| over the edit's
+    pixels of the target panel, computed by hand; and it trains the velocity through the decoder."""
+    canvas, fill = training_diptych(random_image(16, 16, seed=1), random_image(16, 16, seed=2), PanelSize(16, 16))
+    edit = _edit_mask(canvas.size, (20, 4, 28, 12))  # 8 x 8 pixels of the target panel
+    objective = FlowMatchingObjective(pipe, loss_weighting="edit", pixel_loss_weight=2.0)
+    encoded = objective.encode([canvas], [fill], gens(1), device=CPU, dtype=torch.float32, edit_masks=[edit])
+    t, noise = FlowMatchingObjective.draw(gens(5), encoded.x0.shape[1:])
+    x_t = (1 - t.view(1, 1, 1)) * encoded.x0 + t.view(1, 1, 1) * noise
+    exact = noise - encoded.x0
+    assert objective.pixel_error(exact, encoded, t, noise).item() < 1e-6
+
+    right = (encoded.mask_tokens > 0.5)[..., None]
+    off = torch.randn(exact.shape, generator=torch.Generator().manual_seed(9))
+    assert objective.pixel_error(exact + off * ~right, encoded, t, noise).item() < 1e-6  # the source panel's tokens
+    velocity = (exact + off * right).requires_grad_(True)
+    got = objective.pixel_error(velocity, encoded, t, noise)
+
+    vae, scale = pipe.vae, pipe.vae_scale_factor
+
+    def decode(packed):
+        latents = pipe._unpack_latents(packed, 16, 32, scale)[..., 8:]  # the right half of the 8 x 16 latent grid
+        return vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
+
+    with torch.no_grad():
+        difference = (decode(x_t - t.view(1, 1, 1) * velocity) - decode(encoded.x0)).abs().mean(1)
+    assert got.item() > 1e-3
+    assert torch.allclose(got, difference[0, 4:12, 4:12].mean(), rtol=1e-4)
+    got.backward()
+    assert velocity.grad[~right.expand_as(velocity)].abs().max() == 0 and velocity.grad.abs().sum() > 0
+
+    class Constant(torch.nn.Module):
+        def forward(self, *, hidden_states, **kw):
+            return (velocity.detach()[:, : hidden_states.shape[1]],)
+
+    flow_only = FlowMatchingObjective(pipe, loss_weighting="edit")
+    total = objective.loss(Constant(), encoded, *[e[:1] for e in embeds], gens(5), guidance_embeds=False)
+    flow = flow_only.loss(Constant(), encoded, *[e[:1] for e in embeds], gens(5), guidance_embeds=False)
+    assert torch.allclose(total, flow + 2.0 * got.detach(), rtol=1e-5)
+
+    without_masks = objective.encode([canvas], [fill], gens(1), device=CPU, dtype=torch.float32)
+    with pytest.raises(ValueError, match="edit masks"):
+        objective.pixel_error(exact, without_masks, t, noise)
+    with pytest.raises(ValueError, match="pixel_loss_weight"):
+        FlowMatchingObjective(pipe, pixel_loss_weight=-1.0)
 
 
 def test_bad_sizes_and_options_are_refused(pipe):

@@ -260,6 +260,22 @@ def test_bf16_mixed_precision_runs(tiny_base, tmp_path, make_pairs, fast):
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
+def test_the_pixel_loss_adds_to_the_flow_loss_in_a_run(tiny_base, tmp_path, make_pairs, fast, read_metrics):
+    """`--pixel-loss-weight`: the same first batch (same seed, same weights) logs the flow loss plus a positive
+    pixel term, and the run trains and exports a finite adapter."""
+    data = str(make_pairs(tmp_path / "pairs", 2))
+    losses = {}
+    for weight in (0.0, 1.0):
+        output = tmp_path / f"run-{weight}"
+        config = TrainConfig(
+            base=tiny_base, data=data, output=str(output), max_steps=2, log_every=1, pixel_loss_weight=weight, **fast
+        )
+        result = Trainer(config, show_progress=False).train()
+        losses[weight] = read_metrics(output)[0]["loss"]
+        assert all(torch.isfinite(t).all() for t in load_file(str(result.adapter)).values())
+    assert losses[1.0] > losses[0.0] + 1e-3
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -271,7 +271,7 @@ def _velocity_error(
     noise = torch.stack([torch.randn(encoded.x0.shape[1:], generator=g) for g in generators])
     tasks = [SHAPES_TASKS[c.task] for c in cases] if editor.task_embedding is not None else None
     with torch.no_grad(), editor.task_conditioning(tasks):
-        return objective.velocity_error(
+        velocity = objective.velocity(
             transformer,
             encoded,
             embeds,
@@ -280,6 +280,7 @@ def _velocity_error(
             noise,
             guidance_embeds=bool(transformer.config.guidance_embeds),
         )
+    return objective.squared_error(velocity, encoded, noise)
 
 
 def region_losses(

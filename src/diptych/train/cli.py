@@ -205,6 +205,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timestep-shift", type=float, help="shift training times toward noise, t -> s t / (1 + (s-1) t) (default 1)"
     )
     data.add_argument(
+        "--pixel-loss-weight",
+        type=float,
+        help="add this times the mean absolute pixel error of the decoded x0 prediction over each edit's pixels "
+        "(the VAE decoder runs forward and backward on the target panel; default 0, off; e.g. 0.1)",
+    )
+    data.add_argument(
         "--cache-dir",
         help="cache frozen encodings (VAE posteriors, prompt embeddings) here, keyed by content; reused across "
         "epochs, resumed runs and other runs on the same data",

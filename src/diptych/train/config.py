@@ -43,6 +43,7 @@ _FLOAT_FIELDS = (
     "validation_guidance",
     "edit_weight",
     "timestep_shift",
+    "pixel_loss_weight",
     "locate_positive_weight",
 )
 OBJECTIVES = ("flow", "locate")
@@ -123,6 +124,8 @@ class TrainConfig:
     masked_content: str = "zero"
     edit_weight: float = 10.0  # weight of a fully edited token under loss_weighting "edit"
     timestep_shift: float = 1.0  # > 1 samples training times toward high noise (t -> s t / (1 + (s - 1) t))
+    # > 0 adds the decoded x0 prediction's mean absolute pixel error over the edit, times this (objective.py)
+    pixel_loss_weight: float = 0.0
     cache_dir: str | None = None  # frozen encodings (VAE posteriors, prompt embeddings) cached here (cache.py)
     max_sequence_length: int = 512
     text_cache_size: int = 256  # prompts kept encoded (FLUX: ~4 MB each in bf16 at 512 tokens)
@@ -182,6 +185,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        value = self.pixel_loss_weight
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ConfigError(f"pixel_loss_weight must be a number >= 0 (0 = off), got {value!r}")
+        if value > 0 and self.objective == "locate":
+            raise ConfigError("pixel_loss_weight is a loss of the flow objective: leave it 0 with objective 'locate'")
         if self.edit_weight < 1:
             raise ConfigError(f"edit_weight must be at least 1 (1 = no weighting), got {self.edit_weight}")
         if not isinstance(self.compile, bool):

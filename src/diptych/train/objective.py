@@ -12,7 +12,12 @@ For a canvas x (source left, target right) and its right-half mask, as the offic
 - loss = MSE over all tokens (`loss_region="all"`, official) or over the masked (right) half only;
   `loss_weighting="edit"` weights each token by 1 + (edit_weight - 1) x the share of its pixels that the
   edit changes (the sample's edit mask, placed on the target panel), so that the few tokens an edit
-  changes are not drowned by the many it copies (a recolor changes ~7% of the canvas's tokens).
+  changes are not drowned by the many it copies (a recolor changes ~7% of the canvas's tokens);
+- `pixel_loss_weight` > 0 adds, with that weight, the mean absolute error in pixels between the decoded
+  x0 prediction (x_t - t v) and the decoded clean latents over the edit's pixels of the target panel: the
+  flow loss counts every latent value alike, while an edit is judged on the pixels it draws — the
+  outline of a small object is a few latent values the decoder turns into many pixels. The frozen VAE
+  decoder runs forward and backward on the target panel only (the right half of the canvas).
 
 Every random draw of a sample (VAE posteriors, t, noise) comes from that sample's own generator, so
 a sample's loss does not depend on which batch or process it lands in.
@@ -45,6 +50,7 @@ class EncodedBatch:
     latent_height: int
     latent_width: int
     edit_tokens: torch.Tensor | None = None  # (B, tokens): share of each token's pixels the edit changes
+    edit_pixels: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1]: the edit masks on the canvas
 
 
 class FlowMatchingObjective:
@@ -60,6 +66,7 @@ class FlowMatchingObjective:
         edit_weight: float = 10.0,
         timestep_shift: float = 1.0,
         masked_content: str = "zero",
+        pixel_loss_weight: float = 0.0,
     ):
         if loss_region not in LOSS_REGIONS:
             raise ValueError(f"loss_region must be one of {', '.join(LOSS_REGIONS)}, got {loss_region!r}")
@@ -67,6 +74,8 @@ class FlowMatchingObjective:
             raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {loss_weighting!r}")
         if not edit_weight >= 1 or not timestep_shift > 0:
             raise ValueError(f"edit_weight must be >= 1 and timestep_shift > 0, got {edit_weight}, {timestep_shift}")
+        if not pixel_loss_weight >= 0:
+            raise ValueError(f"pixel_loss_weight must be >= 0, got {pixel_loss_weight}")
         self.pipe = pipe
         self.loss_region = loss_region
         self.guidance = guidance
@@ -74,6 +83,7 @@ class FlowMatchingObjective:
         self.edit_weight = edit_weight
         self.timestep_shift = timestep_shift
         self.masked_content = masked_content  # what the condition shows under the mask (sampler.masked_canvas)
+        self.pixel_loss_weight = pixel_loss_weight
 
     @property
     def pixel_multiple(self) -> int:
@@ -131,11 +141,11 @@ class FlowMatchingObjective:
             fill, masked_dist.sample(generator=gens), batch, lc, 1, height, width, dtype, device, gens
         )
         condition = torch.cat((masked_latents, mask), dim=-1)
-        edit_tokens = None
+        edit_tokens = edit_pixels = None
         if edit_masks is not None:
-            pixels = pipe.mask_processor.preprocess(list(edit_masks), height=height, width=width).to(device)
-            edit_tokens = torch.nn.functional.avg_pool2d(pixels.float(), m).flatten(1)  # tokens in packing order
-        return EncodedBatch(x0, condition, mask.float().mean(-1), lat_h, lat_w, edit_tokens)
+            edit_pixels = pipe.mask_processor.preprocess(list(edit_masks), height=height, width=width).to(device)
+            edit_tokens = torch.nn.functional.avg_pool2d(edit_pixels.float(), m).flatten(1)  # tokens in packing order
+        return EncodedBatch(x0, condition, mask.float().mean(-1), lat_h, lat_w, edit_tokens, edit_pixels)
 
     @torch.no_grad()
     def posteriors(
@@ -160,13 +170,44 @@ class FlowMatchingObjective:
         *,
         guidance_embeds: bool,
     ) -> torch.Tensor:
-        """Mean flow-matching loss of the batch (a scalar with a gradient through the transformer)."""
+        """Mean flow-matching loss of the batch (a scalar with a gradient through the transformer), plus the
+        pixel loss when `pixel_loss_weight` > 0."""
         t, noise = self.draw(generators, encoded.x0.shape[1:], shift=self.timestep_shift)
-        per_token = self.velocity_error(
+        velocity = self.velocity(
             transformer, encoded, prompt_embeds, pooled_prompt_embeds, t, noise, guidance_embeds=guidance_embeds
         )
+        per_token = self.squared_error(velocity, encoded, noise)
         weights = self.token_weights(encoded).to(per_token.device)
-        return (per_token * weights).sum() / weights.sum().clamp_min(1e-8)
+        loss = (per_token * weights).sum() / weights.sum().clamp_min(1e-8)
+        if self.pixel_loss_weight > 0:
+            loss = loss + self.pixel_loss_weight * self.pixel_error(velocity, encoded, t, noise)
+        return loss
+
+    def pixel_error(
+        self, velocity: torch.Tensor, encoded: EncodedBatch, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean absolute error, over the edit's pixels of the target panel (the canvas's right half), between
+        the decoded x0 prediction and the decoded clean latents (pixels in [-1, 1]; a scalar with a gradient
+        through `velocity`)."""
+        if encoded.edit_pixels is None:
+            raise ValueError("pixel_loss_weight > 0 needs the batch's edit masks (encode(..., edit_masks=...))")
+        x0 = encoded.x0.float()
+        t_b = t.to(x0.device, torch.float32).view(-1, 1, 1)
+        x_t = (1 - t_b) * x0 + t_b * noise.to(x0.device, torch.float32)
+        predicted = self.decode_target_panel(x_t - t_b * velocity.float(), encoded)
+        with torch.no_grad():
+            target = self.decode_target_panel(x0, encoded)
+        region = encoded.edit_pixels[..., encoded.edit_pixels.shape[-1] // 2 :].float()
+        error = (predicted - target).abs().mean(1, keepdim=True) * region
+        return error.sum() / region.sum().clamp_min(1.0)
+
+    def decode_target_panel(self, packed: torch.Tensor, encoded: EncodedBatch) -> torch.Tensor:
+        """Packed canvas latents -> the VAE decoder's pixels of their right half (B, 3, H, W / 2)."""
+        pipe, vae = self.pipe, self.pipe.vae
+        scale = pipe.vae_scale_factor
+        latents = pipe._unpack_latents(packed, encoded.latent_height * scale, encoded.latent_width * scale, scale)
+        latents = latents[..., latents.shape[-1] // 2 :] / vae.config.scaling_factor + vae.config.shift_factor
+        return vae.decode(latents.to(vae.dtype), return_dict=False)[0].float()
 
     def token_weights(self, encoded: EncodedBatch) -> torch.Tensor:
         """(B, tokens) weights of the per-token errors in the loss (see the module docstring)."""
@@ -179,7 +220,13 @@ class FlowMatchingObjective:
             weights = weights * (1 + (self.edit_weight - 1) * encoded.edit_tokens.to(weights.device))
         return weights
 
-    def velocity_error(
+    @staticmethod
+    def squared_error(velocity: torch.Tensor, encoded: EncodedBatch, noise: torch.Tensor) -> torch.Tensor:
+        """(B, tokens) squared error, in fp32, of a predicted velocity against noise - x0."""
+        target = noise.to(velocity.device, torch.float32) - encoded.x0.float()
+        return (velocity.float() - target).pow(2).mean(-1)
+
+    def velocity(
         self,
         transformer: torch.nn.Module,
         encoded: EncodedBatch,
@@ -190,20 +237,19 @@ class FlowMatchingObjective:
         *,
         guidance_embeds: bool,
     ) -> torch.Tensor:
-        """Squared error of the predicted velocity per token, (B, tokens) in fp32, at times `t` (B,) with
-        `noise` shaped like the clean latents."""
+        """The transformer's velocity (B, tokens, 4 lc) at times `t` (B,) with `noise` shaped like the clean
+        latents."""
         x0 = encoded.x0
         batch, device, dtype = x0.shape[0], x0.device, x0.dtype
         t, noise = t.to(device=device, dtype=torch.float32), noise.to(device=device, dtype=torch.float32)
         t_b = t.view(batch, 1, 1)
         x_t = ((1 - t_b) * x0.float() + t_b * noise).to(dtype)
-        target = noise - x0.float()
         image_ids = self.pipe._prepare_latent_image_ids(
             None, encoded.latent_height // 2, encoded.latent_width // 2, device, dtype
         )
         text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=device, dtype=dtype)
         guidance = torch.full((batch,), self.guidance, device=device, dtype=torch.float32) if guidance_embeds else None
-        velocity = transformer(
+        return transformer(
             hidden_states=torch.cat((x_t, encoded.condition.to(dtype)), dim=2),
             timestep=t.to(dtype),
             guidance=guidance,
@@ -213,7 +259,6 @@ class FlowMatchingObjective:
             img_ids=image_ids,
             return_dict=False,
         )[0]
-        return (velocity.float() - target).pow(2).mean(-1)
 
     @staticmethod
     def draw(

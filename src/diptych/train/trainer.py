@@ -150,6 +150,7 @@ class Trainer:
                 edit_weight=cfg.edit_weight,
                 timestep_shift=cfg.timestep_shift,
                 masked_content=cfg.masked_content,
+                pixel_loss_weight=cfg.pixel_loss_weight,
             )
         _check_resolution(cfg.resolution, self.objective.pixel_multiple)
         self.latent_cache = None
@@ -182,7 +183,7 @@ class Trainer:
             word_dropout=cfg.word_dropout,
             rank=acc.process_index,
             world_size=acc.num_processes,
-            edit_masks=cfg.loss_weighting == "edit" or cfg.objective == "locate",
+            edit_masks=cfg.loss_weighting == "edit" or cfg.objective == "locate" or cfg.pixel_loss_weight > 0,
             right_panel="source" if cfg.objective == "locate" else "target",  # a locator never sees the target
             fill_region=cfg.fill_region,
             token=self.objective.pixel_multiple,
