@@ -185,11 +185,6 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        value = self.pixel_loss_weight
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise ConfigError(f"pixel_loss_weight must be a number >= 0 (0 = off), got {value!r}")
-        if value > 0 and self.objective == "locate":
-            raise ConfigError("pixel_loss_weight is a loss of the flow objective: leave it 0 with objective 'locate'")
         if self.edit_weight < 1:
             raise ConfigError(f"edit_weight must be at least 1 (1 = no weighting), got {self.edit_weight}")
         if not isinstance(self.compile, bool):
@@ -204,10 +199,19 @@ class TrainConfig:
             _positive_int(self, name)
         if self.top_k > self.num_experts:
             raise ConfigError(f"top_k={self.top_k} is more than num_experts={self.num_experts}")
-        for name in ("alpha", "weight_decay", "max_grad_norm", "balance_loss_weight", "validation_guidance"):
+        for name in (
+            "alpha",
+            "weight_decay",
+            "max_grad_norm",
+            "balance_loss_weight",
+            "validation_guidance",
+            "pixel_loss_weight",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+        if self.pixel_loss_weight > 0 and self.objective == "locate":
+            raise ConfigError("pixel_loss_weight is a loss of the flow objective: leave it 0 with objective 'locate'")
         if self.alpha == 0:
             raise ConfigError("alpha must be positive (the LoRA scaling is alpha / rank)")
         if self.lr is not None and (isinstance(self.lr, bool) or not self.lr > 0):

@@ -193,8 +193,9 @@ class FlowMatchingObjective:
             raise ValueError("pixel_loss_weight > 0 needs the batch's edit masks (encode(..., edit_masks=...))")
         x0 = encoded.x0.float()
         t_b = t.to(x0.device, torch.float32).view(-1, 1, 1)
-        x_t = (1 - t_b) * x0 + t_b * noise.to(x0.device, torch.float32)
-        predicted = self.decode_target_panel(x_t - t_b * velocity.float(), encoded)
+        # x_t - t v with x_t = (1 - t) x0 + t noise: x0 less t times the velocity's error
+        error_v = velocity.float() - (noise.to(x0.device, torch.float32) - x0)
+        predicted = self.decode_target_panel(x0 - t_b * error_v, encoded)
         with torch.no_grad():
             target = self.decode_target_panel(x0, encoded)
         region = encoded.edit_pixels[..., encoded.edit_pixels.shape[-1] // 2 :].float()
