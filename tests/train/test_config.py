@@ -71,6 +71,20 @@ def test_parse_resolution():
     assert parse_resolution([32, 16]) == (32, 16)
 
 
+def test_task_shares_from_the_command_line_and_yaml(tmp_path):
+    cfg = config_from_args(parse(["--task-share", "mirror=1/3", "--task-share", " remove = 0.5"]))
+    assert cfg.task_shares == {"mirror": "1/3", "remove": "0.5"}
+    yaml_file = tmp_path / "t.yaml"
+    yaml_file.write_text("task_shares: {mirror: 1/3, invert: 0.25}\n")
+    assert build_config(yaml_file).task_shares == {"mirror": "1/3", "invert": 0.25}
+    with pytest.raises(ConfigError, match="TASK=SHARE"):
+        config_from_args(parse(["--task-share", "mirror"]))
+    with pytest.raises(ConfigError, match=r"task_shares\['mirror'\]: a task share must be above 0"):
+        TrainConfig(task_shares={"mirror": 2}).validate()
+    with pytest.raises(ConfigError, match="must map tasks to shares"):
+        TrainConfig(task_shares=["mirror"]).validate()
+
+
 def test_cli_errors_are_one_line_with_exit_code_2(capsys, tmp_path):
     assert main(["--data", "d", "--output", str(tmp_path)]) == 2
     assert "base is required" in capsys.readouterr().err

@@ -24,9 +24,11 @@ from diptych.train.data import (
     MagicBrushDataset,
     OmniEditDataset,
     SampleError,
+    TaskShareDataset,
     detect_format,
     open_dataset,
     shapes_dataset,
+    share_fraction,
 )
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -252,6 +254,69 @@ def test_omniedit_shards_draw_a_prompt_and_keep_the_task(tmp_path):
     with pytest.raises(SampleError, match="source image"):
         dataset.read(2)
     assert len(list(dataset)) == 3 and sum(dataset.skipped.values()) == 2
+
+
+# ---------------------------------------------------------------------------------------- task shares
+
+
+def jsonl_of_tasks(folder: Path, tasks: list[str | None]) -> JsonlDataset:
+    """A JSONL dataset whose rows name `tasks` (None: no task key); row i's instruction is "edit i"."""
+    folder.mkdir()
+    random_image(8, 8, seed=0).save(folder / "a.png")
+    rows = [{"source": "a.png", "instruction": f"edit {i}", "target": "a.png"} for i in range(len(tasks))]
+    for row, task in zip(rows, tasks, strict=True):
+        if task is not None:
+            row["task"] = task
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return JsonlDataset(folder)
+
+
+def test_task_shares_keep_evenly_spread_rows_of_the_thinned_tasks_and_every_other_row(tmp_path):
+    tasks = ["mirror", "move", "mirror", None, "mirror", "move", "mirror", "mirror", "mirror", "move"]
+    dataset = jsonl_of_tasks(tmp_path / "d", tasks)
+    thinned = TaskShareDataset(dataset, {"mirror": "1/3"})
+    # mirrors are rows 0 2 4 6 7 8: the 3rd (row 4) and the 6th (row 8) stay; moves and the unnamed row stay
+    assert thinned.kept.tolist() == [1, 3, 4, 5, 8, 9]
+    assert len(thinned) == 6 and [thinned.task_of(i) for i in range(6)] == [
+        "move",
+        None,
+        "mirror",
+        "move",
+        "mirror",
+        "move",
+    ]
+    assert thinned.read(2).instruction == "edit 4" and thinned[4].instruction == "edit 8"
+    assert thinned.blocks() == [(0, 6)] and thinned.shuffle
+    assert "thinned (mirror 1/3) to 6 rows" in thinned.describe()
+    # a float share is read as the fraction it rounds: 1/3 as a float thins exactly as "1/3"
+    assert TaskShareDataset(dataset, {"mirror": 1 / 3}).kept.tolist() == thinned.kept.tolist()
+    assert TaskShareDataset(dataset, {"mirror": 0.5, "move": 1}).kept.tolist() == [1, 2, 3, 5, 6, 8, 9]
+
+
+def test_task_shares_refuse_a_task_no_row_names_and_a_generator(tmp_path):
+    dataset = jsonl_of_tasks(tmp_path / "d", ["mirror", "move"])
+    with pytest.raises(DataError, match=r"mirorr: no row .* its tasks: mirror, move"):
+        TaskShareDataset(dataset, {"mirorr": 0.5})
+    with pytest.raises(DataError, match="write the data out first"):
+        TaskShareDataset(shapes_dataset("train", length=4), {"mirror": 0.5})
+
+
+def test_task_shares_map_parquet_row_groups_to_kept_rows(tmp_path):
+    row = {
+        "src_img": cell(png(random_image(8, 8, seed=1))),
+        "edited_img": cell(png(random_image(8, 8, seed=2))),
+        "edited_prompt_list": ["edit"],
+    }
+    tasks = ["a", "a", "b", "a", "a"]  # row groups [0, 2) [2, 4) [4, 5)
+    dataset = open_dataset(write_omniedit(tmp_path / "x.parquet", [{**row, "task": t} for t in tasks]), "omniedit")
+    thinned = TaskShareDataset(dataset, {"a": 0.5})  # the 2nd and 4th "a": rows 1 and 4
+    assert thinned.kept.tolist() == [1, 2, 4] and thinned.blocks() == [(0, 1), (1, 2), (2, 3)]
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "2/0", "a third", True, None, -0.5])
+def test_a_task_share_outside_zero_to_one_or_not_a_number_is_refused(value):
+    with pytest.raises(ValueError, match="task share"):
+        share_fraction(value)
 
 
 # ------------------------------------------------------------------------------------------ callables

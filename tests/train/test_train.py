@@ -331,6 +331,20 @@ def test_bad_resolution_and_data_fail_before_the_model_loads(tiny_base, tmp_path
     missing = tmp_path / "gone" / "adapter.safetensors"
     assert main([*args, "--data", str(data), "--init-adapter", str(missing)]) == 2
     assert f"adapter {missing} does not exist" in capsys.readouterr().err
+    assert main([*args, "--data", str(data), "--task-share", "mirror=1/2"]) == 2
+    assert "task share for mirror: no row of JSONL" in capsys.readouterr().err
+    tasks = make_pairs(tmp_path / "tasks", 4)
+    rows = [json.loads(line) for line in (tasks / "data.jsonl").read_text().splitlines()]
+    for row, task in zip(rows, ["mirror", "move", "mirror", "mirror"], strict=True):
+        row["task"] = task
+    (tasks / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    thinned = TrainConfig(
+        base=tiny_base, data=str(tasks), output=str(tmp_path / "t"), cpu=True, task_shares={"mirror": "1/3"}
+    )
+    trainer = Trainer(thinned, show_progress=False)
+    with pytest.raises(AssertionError, match="should not be loaded"):
+        trainer._setup()  # the data is opened and thinned, then the model load is reached
+    assert [sample.instruction for sample in trainer.dataset] == ["edit number 1", "edit number 3"]
     config = TrainConfig(base=tiny_base, data=str(data), output=str(tmp_path / "x"), cpu=True)
     trainer = Trainer(config, show_progress=False)
     trainer.accelerator = object()

@@ -24,6 +24,7 @@ from .data import (
     MagicBrushDataset,
     OmniEditDataset,
     SampleError,
+    TaskShareDataset,
     open_dataset,
     shapes_dataset,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "MagicBrushDataset",
     "OmniEditDataset",
     "SampleError",
+    "TaskShareDataset",
     "TrainConfig",
     "TrainResult",
     "Trainer",

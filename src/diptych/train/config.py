@@ -12,7 +12,7 @@ from typing import Any
 from ..canvas import FILL_REGIONS, MASKED_CONTENTS
 from ..errors import DiptychError
 from ..files import write_atomic
-from .data import FORMATS
+from .data import FORMATS, share_fraction
 
 ADAPTERS = ("lora", "moe")
 OPTIMIZERS = ("prodigy", "adamw")
@@ -126,6 +126,8 @@ class TrainConfig:
     timestep_shift: float = 1.0  # > 1 samples training times toward high noise (t -> s t / (1 + (s - 1) t))
     # > 0 adds the decoded x0 prediction's mean absolute pixel error over the edit, times this (objective.py)
     pixel_loss_weight: float = 0.0
+    # task -> share of its rows kept (0-1, e.g. "1/3"), to thin tasks already learnt (data.TaskShareDataset)
+    task_shares: dict[str, Any] | None = None
     cache_dir: str | None = None  # frozen encodings (VAE posteriors, prompt embeddings) cached here (cache.py)
     max_sequence_length: int = 512
     text_cache_size: int = 256  # prompts kept encoded (FLUX: ~4 MB each in bf16 at 512 tokens)
@@ -210,6 +212,16 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+        if self.task_shares is not None:
+            if not isinstance(self.task_shares, dict) or not self.task_shares:
+                raise ConfigError(
+                    f"task_shares must map tasks to shares, e.g. {{mirror: 1/3}}, got {self.task_shares!r}"
+                )
+            for task, share in self.task_shares.items():
+                try:
+                    share_fraction(share)
+                except ValueError as err:
+                    raise ConfigError(f"task_shares[{task!r}]: {err}") from None
         if self.pixel_loss_weight > 0 and self.objective == "locate":
             raise ConfigError("pixel_loss_weight is a loss of the flow objective: leave it 0 with objective 'locate'")
         if self.alpha == 0:

@@ -21,10 +21,12 @@ each row group once.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,14 @@ class EditDataset:
     def describe(self) -> str:
         return f"{type(self).__name__} ({len(self)} rows)"
 
+    def task_of(self, index: int) -> str | None:
+        """The task of row `index` (None: unnamed or unreadable); datasets that hold it apart override this
+        to skip reading the images."""
+        try:
+            return self.read(index, np.random.default_rng(index)).task
+        except SampleError:
+            return None
+
     def __getitem__(self, index: int) -> EditSample:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} rows")
@@ -182,6 +192,11 @@ class JsonlDataset(EditDataset):
             mask=self._resolve(mask, where) if mask else None,
             where=where,
         )
+
+    def task_of(self, index: int) -> str | None:
+        row = self.rows[index]
+        task = row.get("task") if isinstance(row, dict) else None
+        return task if isinstance(task, str) and task else None
 
     def _resolve(self, rel: object, where: str) -> str:
         if not isinstance(rel, str) or not rel:
@@ -465,6 +480,82 @@ class HubMagicBrush(EditDataset):
         mask = row.get("mask_img") if self.with_masks else None
         sample = make_sample(row["source_img"], row["instruction"], row["target_img"], mask=mask, where=where)
         return crop_magicbrush(sample) if self.crop_bottom else sample
+
+
+# ----------------------------------------------------------------------------------------- task shares
+
+
+def share_fraction(value: object) -> Fraction:
+    """A task share as an exact fraction in (0, 1]: a number (0.5) or a fraction's text ("1/3"); a float
+    such as 1/3 is read as the simplest fraction within 1e-6 of it, so 0.3333333333333333 thins as 1/3."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"a task share is a number or a fraction such as 1/3, got {value!r}")
+    try:
+        share = Fraction(value) if isinstance(value, str) else Fraction(value).limit_denominator(10**6)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"a task share is a number or a fraction such as 1/3, got {value!r}") from None
+    if not 0 < share <= 1:
+        raise ValueError(f"a task share must be above 0 and at most 1, got {value!r}")
+    return share
+
+
+class TaskShareDataset(EditDataset):
+    """The rows of `dataset` with the tasks in `shares` thinned: of a task with share p/q, the k-th row of
+    that task is kept when floor(k p/q) steps up (share 1/3 keeps its 3rd, 6th, 9th ... rows), so the kept
+    rows are spread evenly through the file and the same on every run; rows of other tasks, and rows that
+    name none, all stay. A fixed subset rather than a per-epoch draw: what a continuation on the weak
+    operations of the built-in model was measured with (docs/shapes.md, "Fresh edits, then more of the weak
+    operations")."""
+
+    def __init__(self, dataset: EditDataset, shares: dict[str, object]):
+        if not dataset.shuffle:
+            raise DataError(
+                f"task shares thin a dataset's rows, and {dataset.describe()} draws a fresh edit per index: "
+                "write the data out first (e.g. diptych shapes make)"
+            )
+        self.dataset = dataset
+        self.shares = {task: share_fraction(value) for task, value in shares.items()}
+        seen: Counter[str] = Counter()
+        kept: list[int] = []
+        for index in range(len(dataset)):
+            task = dataset.task_of(index)
+            share = self.shares.get(task) if task is not None else None
+            if share is not None:
+                seen[task] += 1
+                if math.floor(seen[task] * share) == math.floor((seen[task] - 1) * share):
+                    continue
+            kept.append(index)
+        missing = sorted(set(self.shares) - set(seen))
+        if missing:
+            named = sorted({task for index in range(len(dataset)) if (task := dataset.task_of(index))})
+            raise DataError(
+                f"task share for {', '.join(missing)}: no row of {dataset.describe()} has that task; "
+                + (f"its tasks: {', '.join(named)}" if named else "its rows name no task (a 'task' key per row)")
+            )
+        if not kept:
+            raise DataError(f"the task shares leave no row of {dataset.describe()}")
+        self.kept = np.asarray(kept, dtype=np.int64)
+        self.shuffle = dataset.shuffle
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def read(self, index: int, rng: np.random.Generator | None = None) -> EditSample:
+        return self.dataset.read(int(self.kept[index]), rng)
+
+    def task_of(self, index: int) -> str | None:
+        return self.dataset.task_of(int(self.kept[index]))
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """The base's blocks (parquet row groups) as ranges of kept rows: the kept indices ascend."""
+        ranges = [
+            (int(np.searchsorted(self.kept, a)), int(np.searchsorted(self.kept, b))) for a, b in self.dataset.blocks()
+        ]
+        return [(a, b) for a, b in ranges if b > a]
+
+    def describe(self) -> str:
+        shares = ", ".join(f"{task} {share}" for task, share in self.shares.items())
+        return f"{self.dataset.describe()}, thinned ({shares}) to {len(self)} rows"
 
 
 # --------------------------------------------------------------------------------------------- opening

@@ -27,7 +27,7 @@ from ..files import write_atomic
 from ..images import save_image_atomic
 from .adapters import add_lora, add_moe, export_adapter, init_adapter_weights, trainable_parameters
 from .config import ConfigError, TrainConfig, write_yaml
-from .data import EditDataset, EditSample, open_dataset
+from .data import EditDataset, EditSample, TaskShareDataset, open_dataset
 from .objective import FlowMatchingObjective
 from .paraphrase import noisy_states
 from .stream import BatchStream, edit_mask_canvas, first_samples, panel_buckets
@@ -102,6 +102,8 @@ class Trainer:
         # Everything that can fail cheaply fails before the (for FLUX, minute-long) model load.
         if self.dataset is None:
             self.dataset = open_dataset(cfg.data, cfg.data_format)
+        if cfg.task_shares:
+            self.dataset = TaskShareDataset(self.dataset, cfg.task_shares)
         self.resume_from = ckpt.resolve_resume(cfg.checkpoint_dir, cfg.resume)
         if self.resume_from is not None:
             self._check_signature(self.resume_from)
