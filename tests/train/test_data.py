@@ -297,6 +297,10 @@ def test_task_shares_refuse_a_task_no_row_names_and_a_generator(tmp_path):
     dataset = jsonl_of_tasks(tmp_path / "d", ["mirror", "move"])
     with pytest.raises(DataError, match=r"mirorr: no row .* its tasks: mirror, move"):
         TaskShareDataset(dataset, {"mirorr": 0.5})
+    with pytest.raises(DataError, match="leave no row"):
+        TaskShareDataset(jsonl_of_tasks(tmp_path / "two", ["mirror", "mirror"]), {"mirror": "1/3"})
+    with pytest.raises(DataError, match="its rows name no task"):
+        TaskShareDataset(jsonl_of_tasks(tmp_path / "none", [None]), {"mirror": 0.5})
     with pytest.raises(DataError, match="write the data out first"):
         TaskShareDataset(shapes_dataset("train", length=4), {"mirror": 0.5})
 

@@ -515,27 +515,25 @@ class TaskShareDataset(EditDataset):
             )
         self.dataset = dataset
         self.shares = {task: share_fraction(value) for task, value in shares.items()}
-        seen: Counter[str] = Counter()
+        seen: Counter[str] = Counter()  # rows of each task so far
         kept: list[int] = []
         for index in range(len(dataset)):
             task = dataset.task_of(index)
-            share = self.shares.get(task) if task is not None else None
-            if share is not None:
+            if task is not None:
                 seen[task] += 1
-                if math.floor(seen[task] * share) == math.floor((seen[task] - 1) * share):
+                share = self.shares.get(task)
+                if share is not None and math.floor(seen[task] * share) == math.floor((seen[task] - 1) * share):
                     continue
             kept.append(index)
         missing = sorted(set(self.shares) - set(seen))
         if missing:
-            named = sorted({task for index in range(len(dataset)) if (task := dataset.task_of(index))})
             raise DataError(
                 f"task share for {', '.join(missing)}: no row of {dataset.describe()} has that task; "
-                + (f"its tasks: {', '.join(named)}" if named else "its rows name no task (a 'task' key per row)")
+                + (f"its tasks: {', '.join(sorted(seen))}" if seen else "its rows name no task (a 'task' key per row)")
             )
         if not kept:
             raise DataError(f"the task shares leave no row of {dataset.describe()}")
         self.kept = np.asarray(kept, dtype=np.int64)
-        self.shuffle = dataset.shuffle
 
     def __len__(self) -> int:
         return len(self.kept)
