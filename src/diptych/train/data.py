@@ -349,6 +349,22 @@ class OmniEditDataset(ParquetDataset):
 
     columns = OMNIEDIT_COLUMNS
     optional_columns = ("task",)
+    _tasks: tuple[int, list] | None = None  # (row group, its task cells): the last group task_of read
+
+    def task_of(self, index: int) -> str | None:
+        """The row's `task` cell, read from that column alone: thinning by task opens no image."""
+        if "task" not in self._present:
+            return None
+        group = int(np.searchsorted(self._starts, index, side="right")) - 1
+        if self._tasks is None or self._tasks[0] != group:
+            file_index, rg, _ = self._groups[group]
+            try:
+                table = open_parquet(self.files[file_index], DataError).read_row_group(rg, columns=["task"])
+            except Exception:  # a damaged row group or a shard without the column: its rows name no task
+                return None
+            self._tasks = (group, table.column("task").to_pylist())
+        task = self._tasks[1][index - int(self._starts[group])]
+        return task if isinstance(task, str) and task else None
 
     def read(self, index: int, rng: np.random.Generator | None = None) -> EditSample:
         row, where = self._row(index)
