@@ -109,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sampling.add_argument(
         "--stochastic",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="stochastic sampling: each step re-noises the model's clean-image prediction with fresh noise from "
-        "the seed instead of following the flow (diffusers' stochastic_sampling; default off)",
+        "the seed instead of following the flow (diffusers' stochastic_sampling); --no-stochastic: Euler steps "
+        "along the flow (default: the model's scheduler: on for the built-in model, off for FLUX.1 Fill)",
     )
     sampling.add_argument(
         "--width",
@@ -283,7 +285,8 @@ def run_edit(args: argparse.Namespace) -> int:
     if args.fuse:
         editor.fuse_adapter()
     _use_task_embedding(editor, args)
-    editor.stochastic = args.stochastic
+    if args.stochastic is not None:
+        editor.stochastic = args.stochastic
     if args.routing_stats:
         if editor.adapter_kind != "moe":
             raise InputError("--routing-stats needs a LoRA-MoE adapter (--lora with expert weights)")

@@ -245,11 +245,54 @@ def test_editor_reads_an_unfamiliar_wording_through_the_builtin_rewriter(shapes_
     # the bench's ablation: +literal edits with the words as given, and only held-out phrasings differ
     assert variant_options("moe+literal") == {"adapter": "moe", "rewrite": False}
     assert variant_options("moe+literal+stochastic") == {"adapter": "moe", "rewrite": False, "stochastic": True}
+    assert variant_options("moe+literal+euler") == {"adapter": "moe", "rewrite": False, "stochastic": False}
     cases = [c for c in heldout_cases(12) if c.phrasing == "heldout"][:2]
     variants = ["moe", "moe+literal", "moe+stochastic"]
     report = run_bench(cases, base=f"shapes:{shapes_folder}", variants=variants, steps=2)
     l1 = {name: variant["overall"]["l1"] for name, variant in report["variants"].items()}
     assert l1["moe"] != l1["moe+literal"] and l1["moe"] != l1["moe+stochastic"]
+
+
+def test_the_model_folder_chooses_the_sampler_and_the_bench_and_cli_override_it(shapes_folder, tmp_path, capsys):
+    import shutil
+
+    from diptych.shapes.bench import format_table, heldout_cases, run_bench
+    from diptych.shapes.models import build_scheduler
+
+    folder = tmp_path / "model"
+    shutil.copytree(shapes_folder, folder)
+    scheduler = build_scheduler()
+    scheduler.register_to_config(stochastic_sampling=True)
+    scheduler.save_pretrained(folder / "scheduler")  # diffusers' layout, as the shipped model's
+    plain = Editor.from_pretrained(f"shapes:{shapes_folder}", device="cpu")
+    editor = Editor.from_pretrained(f"shapes:{folder}", device="cpu")
+    assert not plain.stochastic and editor.stochastic  # a folder without a scheduler gets FLUX's: Euler
+    options = [{k: v for k, v in e.pipe.scheduler.config.items() if not k.startswith("_")} for e in (plain, editor)]
+    assert options[0] | {"stochastic_sampling": True} == options[1]  # the sampler alone differs: same schedule
+
+    cases = heldout_cases(2)
+    report = run_bench(cases, base=f"shapes:{folder}", variants=["moe", "moe+euler", "moe+stochastic"], steps=2)
+    variants = report["variants"]
+    assert {name: v["sampler"] for name, v in variants.items()} == {
+        "moe": "stochastic",
+        "moe+euler": "euler",
+        "moe+stochastic": "stochastic",
+    }
+    l1 = {name: v["overall"]["l1"] for name, v in variants.items()}
+    euler = run_bench(cases, base=f"shapes:{shapes_folder}", variants=["moe"], steps=2)["variants"]["moe"]
+    assert l1["moe"] == l1["moe+stochastic"] != l1["moe+euler"] == euler["overall"]["l1"]
+    assert "| sampler | stochastic | euler | stochastic |" in format_table(report)
+
+    scene = tmp_path / "scene.png"
+    Image.new("RGB", (64, 64), "white").save(scene)
+    outputs = {}
+    for flag in ([], ["--no-stochastic"], ["--stochastic"]):
+        out = tmp_path / f"out{len(outputs)}.png"
+        args = ["edit", str(scene), "make the circle red", "-o", str(out), "--steps", "2", "-q"]
+        assert main([*args, "--base", f"shapes:{folder}", *flag]) == 0, capsys.readouterr().err
+        outputs[" ".join(flag) or "default"] = np.asarray(Image.open(out))
+    assert np.array_equal(outputs["default"], outputs["--stochastic"])  # the folder's sampler unless told
+    assert not np.array_equal(outputs["default"], outputs["--no-stochastic"])
 
 
 def test_bench_sample_seeds_pool_every_seed_and_report_each(shapes_folder, capsys):

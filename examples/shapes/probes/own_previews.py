@@ -3,9 +3,10 @@ judge on the model's own previews").
 
 `collect` runs the shipped LoRA-MoE as the early filter does — 4 seeds, 4 of 28 steps together, x0 previews — then
 lets all 4 finish and scores each finished edit by the success rule; a file of (source, previews, finals, labels)
-per edit. `picks` scores pick rules on a file: seed 0 (what `bench` reports as (c)), the best seed by the rule (the
-oracle), the shipped judge on the previews (what `bench` reports as (d)) and on the finished edits, and the medoid
-(the candidate closest to the others). `tune` fine-tunes the shipped judge on one file's previews (binary
+per edit (`--early-steps 4 7 10`: previews after each of those steps too, keys `previews@7`, ...). `picks`
+scores pick rules on a file: seed 0 (what `bench` reports as (c)), the best seed by the rule (the oracle), the
+shipped judge on the previews (what `bench` reports as (d)) and on the finished edits, and the medoid (the
+candidate closest to the others). `tune` fine-tunes the shipped judge on one file's previews (binary
 cross-entropy on the labels plus a listwise term on the edits whose seeds disagree) and reports its picks on another.
 
     PYTHONPATH=src python examples/shapes/probes/own_previews.py collect runs/previews/train600.safetensors \\
@@ -36,13 +37,18 @@ from diptych.shapes_core.judge import ShapesJudge, to_tensor
 CANDIDATES, EARLY_STEPS, STEPS = 4, 4, 28
 
 
-def collect(out: Path, split: str, seed: int, n: int) -> None:
+def preview_key(early: int) -> str:
+    """The file's key of the previews after `early` steps ("previews": the filter's default, EARLY_STEPS)."""
+    return "previews" if early == EARLY_STEPS else f"previews@{early}"
+
+
+def collect(out: Path, split: str, seed: int, n: int, early_steps: list[int]) -> None:
     from diptych.editor import Editor, EditRequest
     from diptych.shapes_core.dataset import sample_edit
     from diptych.shapes_core.edits import judge_edit
 
     editor = Editor.from_pretrained("shapes", adapter="moe")
-    rows: dict[str, list] = {"source": [], "previews": [], "finals": [], "labels": []}
+    rows: dict[str, list] = {key: [] for key in ("source", *map(preview_key, early_steps), "finals", "labels")}
     meta: dict[str, list] = {"instructions": [], "tasks": [], "phrasings": []}
     started = time.time()
     for index in range(n):
@@ -50,13 +56,16 @@ def collect(out: Path, split: str, seed: int, n: int) -> None:
         base = editor.prepare(EditRequest(ex.source_image, ex.instruction, 0))
         items = [replace(base, seed=s) for s in range(CANDIDATES)]
         with editor.task_conditioning(None if base.task is None else [base.task]):
-            state = editor.sampler.run(editor.start(items, steps=STEPS, guidance=50.0), until=EARLY_STEPS)
-            previews = [editor.finish(i, c) for i, c in zip(items, editor.sampler.decode_state(state), strict=True)]
+            state = editor.start(items, steps=STEPS, guidance=50.0)
+            for early in early_steps:  # the previews the filter would judge after `early` steps
+                state = editor.sampler.run(state, until=early)
+                canvases = editor.sampler.decode_state(state)
+                shots = [np.asarray(editor.finish(i, c).convert("RGB")) for i, c in zip(items, canvases, strict=True)]
+                rows[preview_key(early)].append(np.stack(shots))
             state = editor.sampler.run(state)  # all seeds finish: each one's outcome is its label
         finals = [editor.finish(i, c) for i, c in zip(items, editor.sampler.decode_state(state), strict=True)]
         labels = [judge_edit(f.resize(ex.source_image.size), ex.edit).success for f in finals]
         rows["source"].append(np.asarray(base.panel_source.convert("RGB")))
-        rows["previews"].append(np.stack([np.asarray(p.convert("RGB")) for p in previews]))
         rows["finals"].append(np.stack([np.asarray(f.convert("RGB")) for f in finals]))
         rows["labels"].append(np.array(labels, dtype=np.uint8))
         for key, value in (("instructions", ex.instruction), ("tasks", ex.task), ("phrasings", ex.phrasing)):
@@ -115,7 +124,12 @@ def picks(path: Path) -> None:
     rules = {
         "seed 0": first,
         "oracle (best seed by the rule)": labels.astype(float),
-        "shipped judge, previews": judge_scores(judge.net, data["source"], data["previews"], text).numpy(),
+        **{
+            f"shipped judge, {key.replace('@', ' after ')} steps": judge_scores(
+                judge.net, data["source"], data[key], text
+            ).numpy()
+            for key in sorted(k for k in data if k.startswith("previews"))
+        },
         "shipped judge, finished edits": judge_scores(judge.net, data["source"], data["finals"], text).numpy(),
         "medoid, previews": medoid_scores(data["previews"]),
         "medoid, finished edits": medoid_scores(data["finals"]),
@@ -169,6 +183,7 @@ def main() -> None:
     c.add_argument("--split", default="val")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--n", type=int, default=200)
+    c.add_argument("--early-steps", type=int, nargs="+", default=[EARLY_STEPS], help="preview after each")
     p = sub.add_parser("picks")
     p.add_argument("file", type=Path)
     t = sub.add_parser("tune")
@@ -182,7 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.command == "collect":
-        collect(args.out, args.split, args.seed, args.n)
+        collect(args.out, args.split, args.seed, args.n, sorted(set(args.early_steps)))
     elif args.command == "picks":
         picks(args.file)
     else:

@@ -60,8 +60,9 @@ TRUE_REGION_SUFFIX = "+true-region"
 TRUE_REGION = "true-region"
 #: The instruction as given, without the built-in model's rewriter (`Editor.from_pretrained(rewrite=False)`).
 LITERAL_SUFFIX = "+literal"
-#: Stochastic sampling (`Editor.stochastic`: each step re-noises the x0 prediction with fresh noise).
-STOCHASTIC_SUFFIX = "+stochastic"
+#: The sampler, against the model's own (`Editor.stochastic`; the built-in model's scheduler samples
+#: stochastically): `+stochastic` re-noises the x0 prediction with fresh noise each step, `+euler` follows the flow.
+SAMPLER_SUFFIXES = {"+stochastic": True, "+euler": False}
 #: `+cfgS`: classifier-free guidance on the instruction at scale S (the editor's `true_cfg_scale`).
 CFG_SUFFIX = re.compile(r"\+cfg(\d+(?:\.\d+)?)$")
 
@@ -69,10 +70,11 @@ CFG_SUFFIX = re.compile(r"\+cfg(\d+(?:\.\d+)?)$")
 def variant_options(name: str) -> dict[str, Any]:
     """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`); `+locate` on either
     adds the locator's mask, `+true-region` the edit's true region (the ceiling of a perfect locator), `+cfgS`
-    classifier-free guidance at scale S, `+literal` the instruction as given (no rewriter), `+stochastic`
-    stochastic sampling."""
-    if name.endswith(STOCHASTIC_SUFFIX):
-        return variant_options(name.removesuffix(STOCHASTIC_SUFFIX)) | {"stochastic": True}
+    classifier-free guidance at scale S, `+literal` the instruction as given (no rewriter), `+stochastic` /
+    `+euler` stochastic / Euler sampling (default: the model's own)."""
+    for suffix, stochastic in SAMPLER_SUFFIXES.items():
+        if name.endswith(suffix):
+            return variant_options(name.removesuffix(suffix)) | {"stochastic": stochastic}
     if name.endswith(LITERAL_SUFFIX):
         return variant_options(name.removesuffix(LITERAL_SUFFIX)) | {"rewrite": False}
     if match := CFG_SUFFIX.search(name):
@@ -285,7 +287,8 @@ def run_bench(
                 locator=locator if located else None,
                 rewrite=options.get("rewrite", True),
             )
-            editor.stochastic = options.get("stochastic", False)
+            if "stochastic" in options:
+                editor.stochastic = options["stochastic"]
             if located and editor.locator is None:
                 raise DiptychError(f"{name} needs a locator: --locator FILE, or one shipped in the base's folder")
             if options.get("task") == "none":
@@ -310,6 +313,7 @@ def run_bench(
             report["variants"][name] = {"unavailable": str(err)}
             continue
         report["variants"][name] = summarize([row for rows in rows_of.values() for row in rows])
+        report["variants"][name]["sampler"] = "stochastic" if editor.stochastic else "euler"
         if sample_seeds:
             report["variants"][name]["per_seed"] = {
                 str(s): summarize(rows)["overall"]["success"] for s, rows in rows_of.items()
@@ -349,6 +353,7 @@ def format_table(report: dict[str, Any]) -> str:
     rows += [(f"{k} object{'s' * (k != '1')}", lambda v, k=k: v.get("objects", {}).get(k)) for k in objects]
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(cell(get(variants[n])) for n in names) + " |")
+    lines.append("| sampler | " + " | ".join(variants[n].get("sampler", "-") for n in names) + " |")
     if seeds:
         per_seed = [variants[n].get("per_seed") for n in names]
         lines.append(

@@ -82,7 +82,8 @@ def add_shapes_parser(subparsers) -> argparse.ArgumentParser:
         help=f"{', '.join(VARIANTS)}, or a trained adapter's path (PATH+filter: with early filtering); a +locate "
         f"suffix edits inside the locator's region (--mask auto), +true-region inside the edit's true region (a "
         f"diagnostic: the ceiling of a perfect locator), +literal with the instruction as given (no rewriter), "
-        f"+cfgS with classifier-free guidance at scale S, +stochastic with stochastic sampling; default: "
+        f"+cfgS with classifier-free guidance at scale S, +stochastic / +euler with stochastic / Euler sampling "
+        f"(default: the model's own; the built-in model's is stochastic); default: "
         f"{' '.join(DEFAULT_VARIANTS)} (add moe:no-task moe:true-task for Emu Edit's task ablation)",
     )
     bench.add_argument(

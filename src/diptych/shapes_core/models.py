@@ -67,6 +67,15 @@ def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
 
 
+def load_scheduler(folder: str | Path) -> FlowMatchEulerDiscreteScheduler:
+    """The scheduler saved with a ShapesEdit model (`scheduler/scheduler_config.json`, diffusers' layout: the
+    shipped one turns on stochastic sampling), or `build_scheduler()`'s for a folder without one."""
+    config = Path(folder) / "scheduler" / FlowMatchEulerDiscreteScheduler.config_name
+    if not config.is_file():
+        return build_scheduler()
+    return FlowMatchEulerDiscreteScheduler.from_pretrained(config.parent)
+
+
 def code_panels_apart(vae: AutoencoderKL, panel: int = PANEL) -> AutoencoderKL:
     """Make `vae` encode and decode each `panel`-pixel square of a canvas on its own: diffusers' tiling with tiles the
     size of a panel and no overlap (so no blending either). The ShapesEdit VAE was trained on single scenes; over a
@@ -81,11 +90,15 @@ def code_panels_apart(vae: AutoencoderKL, panel: int = PANEL) -> AutoencoderKL:
     return vae
 
 
-def assemble_pipeline(vae: AutoencoderKL, transformer: FluxTransformer2DModel) -> FluxFillPipeline:
+def assemble_pipeline(
+    vae: AutoencoderKL,
+    transformer: FluxTransformer2DModel,
+    scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+) -> FluxFillPipeline:
     """A `FluxFillPipeline` without CLIP/T5: text goes through a `PromptEncoder` (MiniLM) instead. Its VAE codes
-    each panel of a canvas on its own (`code_panels_apart`)."""
+    each panel of a canvas on its own (`code_panels_apart`). `scheduler` defaults to `build_scheduler()`."""
     return FluxFillPipeline(
-        scheduler=build_scheduler(),
+        scheduler=scheduler or build_scheduler(),
         vae=code_panels_apart(vae).eval(),
         text_encoder=None,
         tokenizer=None,
@@ -101,8 +114,8 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     transformer: FluxTransformer2DModel | None = None,
 ) -> FluxFillPipeline:
-    """The shipped (or any saved) ShapesEdit VAE + transformer as a pipeline (`transformer`: one loaded otherwise,
-    e.g. from a GGUF file)."""
+    """The shipped (or any saved) ShapesEdit VAE + transformer + scheduler as a pipeline (`transformer`: one
+    loaded otherwise, e.g. from a GGUF file; a folder without `scheduler/` gets `build_scheduler()`'s)."""
     folder = Path(folder)
     missing = [p for p in ("vae", "transformer") if not (folder / p / "config.json").is_file()]
     if missing:
@@ -113,7 +126,7 @@ def load_pipeline(
     vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
     if transformer is None:
         transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=dtype)
-    return assemble_pipeline(vae, transformer)
+    return assemble_pipeline(vae, transformer, load_scheduler(folder))
 
 
 #: Options of the model's MiniLM text encoder (`MiniLMPromptEncoder` keyword arguments), when not the defaults.
