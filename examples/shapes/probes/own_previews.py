@@ -42,7 +42,7 @@ def preview_key(early: int) -> str:
     return "previews" if early == EARLY_STEPS else f"previews@{early}"
 
 
-def collect(out: Path, split: str, seed: int, n: int, early_steps: list[int]) -> None:
+def collect(out: Path, split: str, seed: int, n: int, early_steps: list[int], candidates: int = CANDIDATES) -> None:
     from diptych.editor import Editor, EditRequest
     from diptych.shapes_core.dataset import sample_edit
     from diptych.shapes_core.edits import judge_edit
@@ -54,7 +54,7 @@ def collect(out: Path, split: str, seed: int, n: int, early_steps: list[int]) ->
     for index in range(n):
         ex = sample_edit(split, index, seed=seed, phrasings="seen" if split == "train" else "all")
         base = editor.prepare(EditRequest(ex.source_image, ex.instruction, 0))
-        items = [replace(base, seed=s) for s in range(CANDIDATES)]
+        items = [replace(base, seed=s) for s in range(candidates)]
         with editor.task_conditioning(None if base.task is None else [base.task]):
             state = editor.start(items, steps=STEPS, guidance=50.0)
             for early in early_steps:  # the previews the filter would judge after `early` steps
@@ -125,17 +125,24 @@ def picks(path: Path) -> None:
         "seed 0": first,
         "oracle (best seed by the rule)": labels.astype(float),
         **{
-            f"shipped judge, {key.replace('@', ' after ')} steps": judge_scores(
+            f"judge, previews after {key.partition('@')[2] or EARLY_STEPS} steps": judge_scores(
                 judge.net, data["source"], data[key], text
             ).numpy()
             for key in sorted(k for k in data if k.startswith("previews"))
         },
-        "shipped judge, finished edits": judge_scores(judge.net, data["source"], data["finals"], text).numpy(),
+        "judge, finished edits": judge_scores(judge.net, data["source"], data["finals"], text).numpy(),
         "medoid, previews": medoid_scores(data["previews"]),
         "medoid, finished edits": medoid_scores(data["finals"]),
     }
     for name, scores in rules.items():
         print(f"  {name:32s} {success_of(labels, scores, meta['phrasings'])}")
+    for k in range(2, labels.shape[1]):  # the same rules over the first k seeds only: what more candidates buy
+        shown = {name: scores for name, scores in rules.items() if name != "seed 0" and "medoid" not in name}
+        line = ", ".join(
+            f"{name} {success_of(labels[:, :k], scores[:, :k], meta['phrasings']).split()[0]}"
+            for name, scores in shown.items()
+        )
+        print(f"  first {k} seeds: {line}")
 
 
 def tune(train_path: Path, eval_path: Path, *, steps: int, lr: float, key: str, rank_weight: float) -> None:
@@ -183,6 +190,7 @@ def main() -> None:
     c.add_argument("--split", default="val")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--n", type=int, default=200)
+    c.add_argument("--candidates", type=int, default=CANDIDATES, help="seeds 0, 1, ... per edit")
     c.add_argument("--early-steps", type=int, nargs="+", default=[EARLY_STEPS], help="preview after each")
     p = sub.add_parser("picks")
     p.add_argument("file", type=Path)
@@ -197,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.command == "collect":
-        collect(args.out, args.split, args.seed, args.n, sorted(set(args.early_steps)))
+        collect(args.out, args.split, args.seed, args.n, sorted(set(args.early_steps)), args.candidates)
     elif args.command == "picks":
         picks(args.file)
     else:
