@@ -136,8 +136,8 @@ def picks(path: Path) -> None:
     }
     for name, scores in rules.items():
         print(f"  {name:32s} {success_of(labels, scores, meta['phrasings'])}")
+    shown = {name: scores for name, scores in rules.items() if name != "seed 0" and "medoid" not in name}
     for k in range(2, labels.shape[1]):  # the same rules over the first k seeds only: what more candidates buy
-        shown = {name: scores for name, scores in rules.items() if name != "seed 0" and "medoid" not in name}
         line = ", ".join(
             f"{name} {success_of(labels[:, :k], scores[:, :k], meta['phrasings']).split()[0]}"
             for name, scores in shown.items()

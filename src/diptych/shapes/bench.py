@@ -41,19 +41,19 @@ from ..shapes_core.dataset import load_dataset, sample_edit
 from ..shapes_core.edits import Edit, edit_region, judge_edit
 from ..shapes_core.world import render as render_image
 
+#: The early filter of (d) and of `PATH+filter`: 4 seeds x 4 of the steps, the built-in model's learned judge.
+FILTER = {"candidates": 4, "early_steps": 4, "judge": "shapes"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {"adapter": "none"},
     "lora": {"adapter": "lora"},
     "moe": {"adapter": "moe"},
-    "moe+filter": {"adapter": "moe", "candidates": 4, "early_steps": 4, "judge": "shapes"},
+    "moe+filter": {"adapter": "moe", **FILTER},
     "moe:no-task": {"adapter": "moe", "task": "none"},
     "moe:true-task": {"adapter": "moe", "task": "true"},
 }
 #: What `diptych shapes bench` runs unless `--variants` says otherwise: the ICEdit ablation.
 DEFAULT_VARIANTS: tuple[str, ...] = ("base", "lora", "moe", "moe+filter")
 
-
-FILTER = {"candidates": 4, "early_steps": 4, "judge": "shapes"}
 LOCATE_SUFFIX = "+locate"
 #: A diagnostic, not a result: the edit's true region as the mask (what a perfect locator would give).
 TRUE_REGION_SUFFIX = "+true-region"
