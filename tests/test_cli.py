@@ -87,6 +87,7 @@ def test_batch_mode_and_resume(tiny_base, tmp_path, capsys):
         ("ok", ["in.png", "make it red", "-o", "o.png", "-i", " "], "empty instruction"),
         ("ok", ["in.png", "make it red", "-o", "o.png", "--threads", "0"], "--threads"),
         ("ok", ["in.png", "make it red", "-o", "o.png", "--mask", "auto"], "--locator FILE"),
+        ("ok", ["in.png", "make it red", "-o", "o.png", "--locator-threshold", "0.7"], "needs a locator"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(tiny_base, tmp_path, capsys, monkeypatch, setup, argv_tail, message):

@@ -121,3 +121,68 @@ def test_the_true_region_variant_gives_each_edit_its_own_region_unfeathered():
     for request, case in zip(editor.requests, cases, strict=True):
         assert np.array_equal(np.asarray(request.mask) > 0, edit_region(case.edit, case.source.size[0]))
     assert not any(row["success"] for row in rows)  # the source back is no edit
+
+
+def test_the_locator_threshold_is_the_locators_own_and_a_request_can_override_it(tiny_base, editor):
+    source = random_image(SIZE, SIZE, seed=3)
+    editor.use_locator(constant_locator(tiny_base, float(np.log(0.6 / 0.4))))  # every token at probability 0.6
+    assert (np.asarray(editor.locate(source, "make it red")) > 0).all()  # above the default 0.5: the whole panel
+    request = EditRequest(source, "make it red", mask="auto")
+    corner = np.asarray(editor.prepare(request, locator_threshold=0.7, width=SIZE).mask) > 0
+    assert corner.sum() == 36  # none above 0.7: the most likely token (the first) and its margin
+    editor.locator.threshold = 0.7
+    assert np.array_equal(np.asarray(editor.locate(source, "make it red")) > 0, corner)
+    assert (np.asarray(editor.prepare(request, locator_threshold=0.55, width=SIZE).mask) > 0).all()
+    with pytest.raises(InputError, match="strictly between 0 and 1"):
+        editor.prepare(request, locator_threshold=1.0, width=SIZE)
+
+
+def test_a_locator_file_saves_its_threshold(tiny_base, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from diptych.editor import Editor
+    from diptych.locator import LOCATOR_METADATA_KEY, ReferentHead, save_locator_file
+
+    head = ReferentHead(constant_locator(tiny_base, 0.0).head.proj.in_features)
+    saved = save_locator_file(tmp_path / "locator.safetensors", {}, head, threshold=0.7)
+    assert Locator.from_pretrained(tiny_base, saved).threshold == 0.7
+    assert Editor.from_pretrained(tiny_base, locator=saved).locator.threshold == 0.7
+    assert Editor.from_pretrained(tiny_base, locator=saved, locator_threshold=0.3).locator.threshold == 0.3
+    tensors = {f"referent_head.{k}": v.contiguous() for k, v in head.state_dict().items()}
+    older = tmp_path / "older.safetensors"  # written before locators saved a threshold: the default, 0.5
+    save_file(tensors, older, metadata={LOCATOR_METADATA_KEY: json.dumps({"timestep": 0.95})})
+    assert Locator.from_pretrained(tiny_base, older).threshold == 0.5
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, broken, metadata={LOCATOR_METADATA_KEY: json.dumps({"threshold": 2})})
+    with pytest.raises(WeightsError, match="saved threshold is not a probability"):
+        Locator.from_pretrained(tiny_base, broken)
+    with pytest.raises(InputError, match="strictly between 0 and 1"):
+        Editor.from_pretrained(tiny_base, locator=saved, locator_threshold=0.0)
+    with pytest.raises(InputError, match="needs a locator"):
+        Editor.from_pretrained(tiny_base, locator_threshold=0.5)
+
+
+def test_diptych_edit_passes_the_locator_threshold(tiny_base, tmp_path, monkeypatch):
+    from diptych.cli import main
+    from diptych.editor import Editor
+    from diptych.locator import ReferentHead, save_locator_file
+
+    thresholds = []
+    original = Editor.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        editor = original(cls, *args, **kwargs)
+        thresholds.append(editor.locator.threshold)
+        return editor
+
+    monkeypatch.setattr(Editor, "from_pretrained", classmethod(spy))
+    head = ReferentHead(constant_locator(tiny_base, 0.0).head.proj.in_features)
+    locator = save_locator_file(tmp_path / "locator.safetensors", {}, head, threshold=0.6)
+    random_image(SIZE, SIZE).save(tmp_path / "in.png")
+    line = ["edit", str(tmp_path / "in.png"), "make it red", "--base", tiny_base, "--locator", str(locator)]
+    line += ["--mask", "auto", "--steps", "1", "--width", str(SIZE), "-q"]
+    assert main([*line, "-o", str(tmp_path / "a.png")]) == 0
+    assert main([*line, "-o", str(tmp_path / "b.png"), "--locator-threshold", "0.3"]) == 0
+    assert thresholds == [0.6, 0.3]  # the file's own, then the option's

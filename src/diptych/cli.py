@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         "in its folder, if shipped)",
     )
     model.add_argument(
+        "--locator-threshold",
+        type=float,
+        metavar="P",
+        default=None,
+        help="a token is in the located region when the locator's probability is above P (default: the one "
+        "saved in the locator file, else 0.5)",
+    )
+    model.add_argument(
         "--no-rewrite",
         action="store_true",
         help="edit with the instruction as given: the built-in model otherwise restates an unfamiliar wording in "
@@ -277,7 +285,12 @@ def run_edit(args: argparse.Namespace) -> int:
     from .images import save_image_atomic
 
     editor = Editor.from_pretrained(
-        args.base or DEFAULT_BASE, args.lora, locator=args.locator, rewrite=not args.no_rewrite, **model_options(args)
+        args.base or DEFAULT_BASE,
+        args.lora,
+        locator=args.locator,
+        locator_threshold=args.locator_threshold,
+        rewrite=not args.no_rewrite,
+        **model_options(args),
     )
     for instruction in dict.fromkeys(job.instruction for job in jobs):
         if not args.quiet and editor.rewriter is not None and (read := editor.rewrite(instruction)) != instruction:

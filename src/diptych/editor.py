@@ -31,7 +31,7 @@ from .loading import (  # noqa: F401  (DEFAULT_BASE, OFFLOAD_MODES: public names
     load_fill_pipeline,
     unfuse_adapter,
 )
-from .locator import region_mask, token_region
+from .locator import check_threshold, region_mask, token_region
 from .prompts import UNCONDITIONAL_PROMPT, build_prompt, resolve_template
 from .sampler import FillSampler, FillState
 from .speed import CacheMode
@@ -133,6 +133,7 @@ class Editor:
         compile: bool = False,
         gguf: str | os.PathLike | None = None,
         locator: str | os.PathLike | None = None,
+        locator_threshold: float | None = None,
         rewrite: bool = True,
     ) -> Editor:
         """Load a Fill model from the hub or a local diffusers folder, plus an optional adapter.
@@ -159,7 +160,8 @@ class Editor:
 
         `locator`: a locator file or training folder (`diptych train --objective locate`) for `mask="auto"`;
         it loads its own copy of `base`'s transformer. The built-in model's defaults to the one shipped in its
-        folder, if any.
+        folder, if any. `locator_threshold` overrides the probability above which the locator marks a token
+        (default: the one saved in the locator file, else 0.5).
 
         `rewrite`: restate each instruction with the model's instruction rewriter before editing, when it has one
         (the built-in model: `shapes_core.rewrite.InstructionRewriter`, an unfamiliar wording -> the nearest seen
@@ -208,6 +210,10 @@ class Editor:
                     base, locator, device=transformer.device, dtype=transformer.dtype, local_files_only=local_files_only
                 )
             )
+        if locator_threshold is not None:
+            if editor.locator is None:
+                raise InputError("a locator threshold needs a locator: --locator FILE (or the built-in model's own)")
+            editor.locator.threshold = check_threshold(locator_threshold)
         if rewrite:
             from .shapes_core.models import resolve_rewriter
 
@@ -342,7 +348,9 @@ class Editor:
         size (white = edit here), what `mask="auto"` composites the edit inside."""
         return self.prepare(EditRequest(image, instruction, mask=AUTO_MASK), width=width, template=template).mask
 
-    def _located_mask(self, canvas: Image.Image, fill_mask: Image.Image, prompt: str, panel: cv.PanelSize):
+    def _located_mask(
+        self, canvas: Image.Image, fill_mask: Image.Image, prompt: str, panel: cv.PanelSize, threshold: float | None
+    ):
         if self.locator is None:
             raise InputError(
                 "mask='auto' needs a locator: Editor.from_pretrained(..., locator=FILE) (CLI: --locator FILE); "
@@ -352,7 +360,8 @@ class Editor:
         probabilities = self.locator.probabilities(self.pipe, [canvas], [fill_mask], embeds, pooled)[0]
         token = 2 * self.sampler.vae_scale  # pixels per token: the locator's resolution
         # Half a token of margin: tokens are coarse, and an object the region clips is a failed edit (docs/shapes.md).
-        return region_mask(probabilities, (panel.width, panel.height), dilate=max(1, token // 2))
+        threshold = self.locator.threshold if threshold is None else check_threshold(threshold)
+        return region_mask(probabilities, (panel.width, panel.height), threshold=threshold, dilate=max(1, token // 2))
 
     # ------------------------------------------------------------------ editing
     def session(self, image: ImageInput, **options):
@@ -486,8 +495,16 @@ class Editor:
 
     # ------------------------------------------------------------------ building blocks
     # Public so that the early filter, the UI and benchmarks compose them without re-implementing.
-    def prepare(self, request: EditRequest, *, width: int | None = None, template: str | None = None) -> PreparedEdit:
-        """Validate inputs and lay out the diptych for one edit."""
+    def prepare(
+        self,
+        request: EditRequest,
+        *,
+        width: int | None = None,
+        template: str | None = None,
+        locator_threshold: float | None = None,
+    ) -> PreparedEdit:
+        """Validate inputs and lay out the diptych for one edit. `locator_threshold` overrides the locator's own
+        (`Locator.threshold`) for a located region."""
         resolve_template(template)
         requested = validate_instruction(request.instruction)
         instruction = self.rewrite(requested)
@@ -511,7 +528,8 @@ class Editor:
             if self.locator is not None and task in WHOLE_IMAGE_TASKS:  # not located: the whole image changes
                 region = Image.new("L", (panel.width, panel.height), 255)
             else:
-                region = self._located_mask(canvas, fill_mask, build_prompt(instruction, template), panel)
+                prompt = build_prompt(instruction, template)
+                region = self._located_mask(canvas, fill_mask, prompt, panel, locator_threshold)
             mask = region.resize(source.size, Image.Resampling.NEAREST)
         elif given_mask is not None:
             mask = load_mask(given_mask, size=source.size)

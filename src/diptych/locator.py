@@ -27,16 +27,20 @@ from diffusers import FluxFillPipeline, FluxTransformer2DModel
 from PIL import Image, ImageFilter
 from safetensors import safe_open
 
-from .errors import WeightsError
+from .errors import InputError, WeightsError
 
 #: The noise level the locator reads its input at: high, so the clean source barely shows through the noise
 #: and training (where the right panel holds the target) and inference (the source) look alike.
 LOCATE_TIMESTEP = 0.95
+#: A token is in the named region when the locator's probability is above this; a locator file may save its own
+#: (chosen on the validation edits: `examples/shapes/probes/locator_threshold.py`).
+LOCATE_THRESHOLD = 0.5
 #: A token is in an edit's region when at least this share of its pixels is (a token is 8 px on ShapesEdit).
 REGION_SHARE = 0.3
 #: The head's parameters in a locator file, beside the LoRA's diffusers keys (`transformer.*`).
 HEAD_PREFIX = "referent_head."
-#: The metadata key that marks a locator file; its value is JSON of the locator's options ({"timestep": ...}).
+#: The metadata key that marks a locator file; its value is JSON of the locator's options
+#: ({"timestep": ..., "threshold": ...}; a file without "threshold" uses LOCATE_THRESHOLD).
 LOCATOR_METADATA_KEY = "diptych.locator"
 LOCATOR_WEIGHT_NAME = "locator.safetensors"
 
@@ -108,7 +112,7 @@ def source_panel(tokens: torch.Tensor, latent_size: tuple[int, int]) -> torch.Te
 
 
 def region_mask(
-    probabilities: np.ndarray, size: tuple[int, int], *, threshold: float = 0.5, dilate: int = 2
+    probabilities: np.ndarray, size: tuple[int, int], *, threshold: float = LOCATE_THRESHOLD, dilate: int = 2
 ) -> Image.Image:
     """The 'L' mask (white = edit here) of `size` from a panel's (rows, cols) token probabilities: tokens above
     `threshold` (or, when none is, the most likely one: the instruction names something), nearest-upsampled
@@ -160,11 +164,19 @@ def draw_token_grid(grid: np.ndarray, size: tuple[int, int], token: int) -> Imag
 class Locator:
     """A transformer with the locator's LoRA, its head, and the one-pass prediction (see the module docstring)."""
 
-    def __init__(self, transformer: FluxTransformer2DModel, head: ReferentHead, *, timestep: float = LOCATE_TIMESTEP):
+    def __init__(
+        self,
+        transformer: FluxTransformer2DModel,
+        head: ReferentHead,
+        *,
+        timestep: float = LOCATE_TIMESTEP,
+        threshold: float = LOCATE_THRESHOLD,
+    ):
         # Used as given (the trainer's validation passes its training model): from_pretrained freezes its own.
         self.transformer = transformer
         self.head = head
         self.timestep = timestep
+        self.threshold = check_threshold(threshold)
 
     @classmethod
     def from_pretrained(
@@ -210,7 +222,11 @@ class Locator:
             transformer.unload_lora()
         transformer = transformer.to(device).eval().requires_grad_(False)
         head = head.to(device).eval().requires_grad_(False)
-        return cls(transformer, head, timestep=float(metadata.get("timestep", LOCATE_TIMESTEP)))
+        try:
+            threshold = check_threshold(float(metadata.get("threshold", LOCATE_THRESHOLD)))
+        except (InputError, TypeError, ValueError) as err:
+            raise WeightsError(f"{path}: its saved threshold is not a probability between 0 and 1 ({err})") from err
+        return cls(transformer, head, timestep=float(metadata.get("timestep", LOCATE_TIMESTEP)), threshold=threshold)
 
     @torch.no_grad()
     def probabilities(
@@ -255,18 +271,32 @@ class Locator:
         return torch.sigmoid(source_panel(logits.float(), size)).cpu().numpy()
 
 
+def check_threshold(threshold: float) -> float:
+    """`threshold` if it is a probability strictly between 0 and 1 (0 or 1 would mark every token or none)."""
+    if not 0 < threshold < 1:
+        raise InputError(f"a locator threshold must lie strictly between 0 and 1, got {threshold}")
+    return float(threshold)
+
+
 def save_locator_file(
-    path: str | os.PathLike, lora: dict[str, torch.Tensor], head: ReferentHead, *, timestep: float = LOCATE_TIMESTEP
+    path: str | os.PathLike,
+    lora: dict[str, torch.Tensor],
+    head: ReferentHead,
+    *,
+    timestep: float = LOCATE_TIMESTEP,
+    threshold: float = LOCATE_THRESHOLD,
 ) -> Path:
     """Write a locator file atomically: the LoRA (and q/k norm gains) under diffusers keys (`transformer.*`),
-    the head under `referent_head.*`, the options in the metadata."""
+    the head under `referent_head.*`, the options (the noise level it reads at, the probability above which a
+    token is in the region) in the metadata."""
     from safetensors.torch import save
 
     from .files import write_atomic
 
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in lora.items()}
     tensors |= {HEAD_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.state_dict().items()}
-    metadata = {"format": "pt", LOCATOR_METADATA_KEY: json.dumps({"timestep": timestep})}
+    options = {"timestep": timestep, "threshold": check_threshold(threshold)}
+    metadata = {"format": "pt", LOCATOR_METADATA_KEY: json.dumps(options)}
     return write_atomic(path, save(tensors, metadata=metadata))
 
 

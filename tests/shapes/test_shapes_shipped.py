@@ -146,3 +146,24 @@ def test_demo_shows_the_region_the_shipped_locator_found(tmp_path, capsys):
     assert "filling the region its locator found" in capsys.readouterr().out
     region = np.asarray(Image.open(tmp_path / "region.png"))
     assert region.shape == (64, 64) and 0 < (region > 0).mean() < 1
+
+
+def test_the_inversion_curve_fills_the_whole_image_for_a_whole_image_op(monkeypatch):
+    """A new task's name is not among WHOLE_IMAGE_TASKS, so without a mask the shipped model's locator would choose
+    the region of an inverted `invert` task's edits; the curve gives them the whole image, as the op's own task."""
+    from diptych.shapes.experiments import inversion_curve
+
+    prepared = []
+    original = Editor.prepare
+
+    def spy(self, request, **options):
+        prepared.append((request.task, original(self, request, **options)))
+        return prepared[-1][1]
+
+    monkeypatch.setattr(Editor, "prepare", spy)
+    inversion_curve("moe", "invert", counts=(0, 1), n_eval=1, inversion_steps=1, edit_steps=1, device="cpu")
+    tasks = [task for task, _ in prepared]
+    assert tasks == ["color_filter", "invert-inverted"]
+    for _, item in prepared:
+        right = np.asarray(item.fill_mask)[:, item.fill_mask.width // 2 :]  # the panel the Fill model generates
+        assert (np.asarray(item.mask) > 0).all() and (right > 0).all()

@@ -3,10 +3,13 @@ judge on the model's own previews").
 
 `collect` runs the shipped LoRA-MoE as the early filter does — 4 seeds, 4 of 28 steps together, x0 previews — then
 lets all 4 finish and scores each finished edit by the success rule; a file of (source, previews, finals, labels)
-per edit (`--early-steps 4 7 10`: previews after each of those steps too, keys `previews@7`, ...). `picks`
+per edit (`--early-steps 4 7 10`: previews after each of those steps too, keys `previews@7`, ...; `--thresholds 0.5
+0.7`: the seeds in the locator's region at each threshold, threshold-major, the candidates listed in the metadata;
+`--candidates K`: seeds 0..K-1). `picks`
 scores pick rules on a file: seed 0 (what `bench` reports as (c)), the best seed by the rule (the oracle), the
 shipped judge on the previews (what `bench` reports as (d)) and on the finished edits, and the medoid (the
-candidate closest to the others). `tune` fine-tunes the shipped judge on one file's previews (binary
+candidate closest to the others), each also over the first k seeds (and per threshold, and the region whose seeds
+agree most, then the judge). `tune` fine-tunes the shipped judge on one file's previews (binary
 cross-entropy on the labels plus a listwise term on the edits whose seeds disagree) and reports its picks on another.
 
     PYTHONPATH=src python examples/shapes/probes/own_previews.py collect runs/previews/train600.safetensors \\
@@ -42,7 +45,15 @@ def preview_key(early: int) -> str:
     return "previews" if early == EARLY_STEPS else f"previews@{early}"
 
 
-def collect(out: Path, split: str, seed: int, n: int, early_steps: list[int], candidates: int = CANDIDATES) -> None:
+def collect(
+    out: Path,
+    split: str,
+    seed: int,
+    n: int,
+    early_steps: list[int],
+    candidates: int = CANDIDATES,
+    thresholds: list[float | None] | None = None,
+) -> None:
     from diptych.editor import Editor, EditRequest
     from diptych.shapes_core.dataset import sample_edit
     from diptych.shapes_core.edits import judge_edit
@@ -50,11 +61,16 @@ def collect(out: Path, split: str, seed: int, n: int, early_steps: list[int], ca
     editor = Editor.from_pretrained("shapes", adapter="moe")
     rows: dict[str, list] = {key: [] for key in ("source", *map(preview_key, early_steps), "finals", "labels")}
     meta: dict[str, list] = {"instructions": [], "tasks": [], "phrasings": []}
+    thresholds = thresholds or [None]  # None: the locator's own
+    # The candidates, threshold-major: seeds 0..candidates-1 in the region at each locator threshold.
+    meta["candidates"] = [{"threshold": t, "seed": s} for t in thresholds for s in range(candidates)]
     started = time.time()
     for index in range(n):
         ex = sample_edit(split, index, seed=seed, phrasings="seen" if split == "train" else "all")
-        base = editor.prepare(EditRequest(ex.source_image, ex.instruction, 0))
-        items = [replace(base, seed=s) for s in range(candidates)]
+        request = EditRequest(ex.source_image, ex.instruction, 0)
+        regions = {t: editor.prepare(request, locator_threshold=t) for t in thresholds}
+        base = regions[thresholds[0]]
+        items = [replace(regions[c["threshold"]], seed=c["seed"]) for c in meta["candidates"]]
         with editor.task_conditioning(None if base.task is None else [base.task]):
             state = editor.start(items, steps=STEPS, guidance=50.0)
             for early in early_steps:  # the previews the filter would judge after `early` steps
@@ -137,12 +153,37 @@ def picks(path: Path) -> None:
     for name, scores in rules.items():
         print(f"  {name:32s} {success_of(labels, scores, meta['phrasings'])}")
     shown = {name: scores for name, scores in rules.items() if name != "seed 0" and "medoid" not in name}
-    for k in range(2, labels.shape[1]):  # the same rules over the first k seeds only: what more candidates buy
-        line = ", ".join(
-            f"{name} {success_of(labels[:, :k], scores[:, :k], meta['phrasings']).split()[0]}"
-            for name, scores in shown.items()
-        )
-        print(f"  first {k} seeds: {line}")
+    candidates = meta.get("candidates") or [{"threshold": None, "seed": s} for s in range(labels.shape[1])]
+    thresholds = list(dict.fromkeys(c["threshold"] for c in candidates))
+    seeds = list(dict.fromkeys(c["seed"] for c in candidates))
+    for k in range(1, len(seeds) + 1):  # the same rules over the first k seeds: what more candidates buy
+        for group in ([[t] for t in thresholds] if len(thresholds) > 1 else []) + [thresholds]:
+            columns = [i for i, c in enumerate(candidates) if c["threshold"] in group and c["seed"] in seeds[:k]]
+            if len(columns) < 2:
+                continue
+            line = ", ".join(
+                f"{name} {success_of(labels[:, columns], scores[:, columns], meta['phrasings']).split()[0]}"
+                for name, scores in shown.items()
+            )
+            where = f" at threshold {'/'.join(map(str, group))}" if len(thresholds) > 1 else ""
+            print(f"  first {k} seeds{where} ({len(columns)} candidates): {line}")
+    if len(thresholds) > 1:  # pick the region whose seeds agree most (medoid spread), then the judge within it
+        key = preview_key(EARLY_STEPS)
+        judged = rules[f"judge, previews after {EARLY_STEPS} steps"]
+        for k in range(2, len(seeds) + 1):
+            groups = [
+                [i for i, c in enumerate(candidates) if c["threshold"] == t and c["seed"] in seeds[:k]]
+                for t in thresholds
+            ]
+            spread = np.stack([-medoid_scores(data[key][:, g]).mean(1) for g in groups], axis=1)
+            chosen = np.array(groups)[spread.argmin(1)]
+            scores = np.full(labels.shape, -np.inf)
+            rows = np.arange(len(labels))[:, None]
+            scores[rows, chosen] = judged[rows, chosen]
+            print(
+                f"  first {k} seeds, the region the seeds agree on, then the judge: "
+                f"{success_of(labels, scores, meta['phrasings'])}"
+            )
 
 
 def tune(train_path: Path, eval_path: Path, *, steps: int, lr: float, key: str, rank_weight: float) -> None:
@@ -192,6 +233,12 @@ def main() -> None:
     c.add_argument("--n", type=int, default=200)
     c.add_argument("--candidates", type=int, default=CANDIDATES, help="seeds 0, 1, ... per edit")
     c.add_argument("--early-steps", type=int, nargs="+", default=[EARLY_STEPS], help="preview after each")
+    c.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        help="the seeds in the region at each locator threshold (default: its own)",
+    )
     p = sub.add_parser("picks")
     p.add_argument("file", type=Path)
     t = sub.add_parser("tune")
@@ -205,7 +252,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.command == "collect":
-        collect(args.out, args.split, args.seed, args.n, sorted(set(args.early_steps)), args.candidates)
+        early = sorted(set(args.early_steps))
+        collect(args.out, args.split, args.seed, args.n, early, args.candidates, args.thresholds)
     elif args.command == "picks":
         picks(args.file)
     else:

@@ -38,6 +38,14 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="locator for mask=auto requests (`diptych train --objective locate`; built-in model: its own, if shipped)",
     )
     model.add_argument(
+        "--locator-threshold",
+        type=float,
+        metavar="P",
+        default=None,
+        help="a token is in the located region when the locator's probability is above P (default: the one "
+        "saved in the locator file, else 0.5)",
+    )
+    model.add_argument(
         "--judge",
         default=None,
         help="judge spec for early filtering: shapes (the built-in model's learned judge, offline; the default "
@@ -116,7 +124,9 @@ def load_editor(args: argparse.Namespace):
 
     base = args.base or "shapes"
     try:
-        editor = Editor.from_pretrained(base, args.lora, locator=args.locator, **model_options(args))
+        editor = Editor.from_pretrained(
+            base, args.lora, locator=args.locator, locator_threshold=args.locator_threshold, **model_options(args)
+        )
     except WeightsError as err:
         if args.base is None:
             raise WeightsError(f"{err}. To serve another model, pass --base MODEL (a local Fill folder)") from err

@@ -66,7 +66,7 @@ def inversion_curve(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Success on `n_eval` test edits of `op` after inverting a task vector from each number of examples."""
-    from ..conditioning.tasks import SHAPES_TASKS
+    from ..conditioning.tasks import SHAPES_TASKS, WHOLE_IMAGE_TASKS
     from ..editor import Editor, EditRequest
     from ..emu.inversion import invert_task
     from ..errors import InputError
@@ -78,6 +78,14 @@ def inversion_curve(
     cases = [sample_edit("test", i, seed=seed, ops=[op], phrasings="all") for i in range(n_eval)]
     pool = [sample_edit("train", i, seed=seed, ops=[op]) for i in range(max(counts))]
     name = f"{op}-inverted"
+    # An adapter that fills edit regions fills the whole image for an op that changes all of it, as the editor does
+    # for the op's own task (WHOLE_IMAGE_TASKS); a new task's name is not in that list, and the locator, which
+    # would otherwise choose the region, is not what the curve measures.
+    everywhere = editor.fill_region == "edit" and SHAPES_TASKS[op] in WHOLE_IMAGE_TASKS
+
+    def whole(case: Example) -> Image.Image | None:
+        return Image.new("L", case.source_image.size, 255) if everywhere else None
+
     report: dict[str, Any] = {"adapter": str(adapter), "op": op, "n_eval": n_eval, "points": []}
     for count in counts:
         if count == 0:
@@ -98,7 +106,7 @@ def inversion_curve(
             task = name
         editor.use_task_embedding(embedding)
         outputs = editor.edit_many(
-            [EditRequest(c.source_image, c.instruction, seed, task=task) for c in cases], steps=edit_steps
+            [EditRequest(c.source_image, c.instruction, seed, whole(c), task) for c in cases], steps=edit_steps
         )
         scores = [judge_edit(out, c.edit) for out, c in zip(outputs, cases, strict=True)]
         point = {
