@@ -8,7 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_options import BASE_HELP, add_model_options, add_speed_options, is_builtin_base, model_options, run_guarded
+from .cli_options import (
+    BASE_HELP,
+    add_locator_options,
+    add_model_options,
+    add_speed_options,
+    is_builtin_base,
+    model_options,
+    run_guarded,
+)
 from .errors import DiptychError, InputError
 from .images import AUTO_MASK
 
@@ -80,21 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="task embedding (default: the --lora folder's task_embedding.safetensors, if any)",
     )
     model.add_argument("--routing-stats", metavar="JSON", help="LoRA-MoE adapters: write expert usage per layer")
-    model.add_argument(
-        "--locator",
-        metavar="FILE",
-        default=None,
-        help="locator for --mask auto (`diptych train --objective locate`; the built-in model's default: the one "
-        "in its folder, if shipped)",
-    )
-    model.add_argument(
-        "--locator-threshold",
-        type=float,
-        metavar="P",
-        default=None,
-        help="a token is in the located region when the locator's probability is above P (default: the one "
-        "saved in the locator file, else 0.5)",
-    )
+    add_locator_options(model, used_for="--mask auto")
     model.add_argument(
         "--no-rewrite",
         action="store_true",

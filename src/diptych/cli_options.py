@@ -139,6 +139,26 @@ def model_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def add_locator_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, used_for: str) -> None:
+    """Add `--locator FILE` and `--locator-threshold P` (passed to `Editor.from_pretrained` as `locator` and
+    `locator_threshold`); `used_for` names what asks for the locator's region, e.g. "--mask auto"."""
+    parser.add_argument(
+        "--locator",
+        metavar="FILE",
+        default=None,
+        help=f"locator for {used_for} (`diptych train --objective locate`; the built-in model's default: the one in "
+        "its folder, if shipped)",
+    )
+    parser.add_argument(
+        "--locator-threshold",
+        type=float,
+        metavar="P",
+        default=None,
+        help="a token is in the located region when the locator's probability is above P (default: the one "
+        "saved in the locator file, else 0.5)",
+    )
+
+
 def add_threads_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Add `--threads N` (applied by `run_guarded` before the command runs)."""
     parser.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli_options import BASE_HELP, add_model_options, add_speed_options, model_options
+from ..cli_options import BASE_HELP, add_locator_options, add_model_options, add_speed_options, model_options
 from ..errors import DiptychError, WeightsError
 from .settings import ServeSettings
 
@@ -31,20 +31,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_model_options(model, base_help=BASE_HELP + " (default: shapes)")
     add_speed_options(model)
     model.add_argument("--width", type=int, default=None, help="panel width in pixels (default: the model's)")
-    model.add_argument(
-        "--locator",
-        metavar="FILE",
-        default=None,
-        help="locator for mask=auto requests (`diptych train --objective locate`; built-in model: its own, if shipped)",
-    )
-    model.add_argument(
-        "--locator-threshold",
-        type=float,
-        metavar="P",
-        default=None,
-        help="a token is in the located region when the locator's probability is above P (default: the one "
-        "saved in the locator file, else 0.5)",
-    )
+    add_locator_options(model, used_for="mask=auto requests")
     model.add_argument(
         "--judge",
         default=None,
