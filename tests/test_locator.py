@@ -135,6 +135,9 @@ def test_the_locator_threshold_is_the_locators_own_and_a_request_can_override_it
     assert (np.asarray(editor.prepare(request, locator_threshold=0.55, width=SIZE).mask) > 0).all()
     with pytest.raises(InputError, match="strictly between 0 and 1"):
         editor.prepare(request, locator_threshold=1.0, width=SIZE)
+    with pytest.raises(InputError, match="strictly between 0 and 1"):
+        editor.locator.threshold = 0.0
+    assert editor.locator.threshold == 0.7  # a refused value leaves the locator's own
 
 
 def test_a_locator_file_saves_its_threshold(tiny_base, tmp_path):

@@ -213,7 +213,7 @@ class Editor:
         if locator_threshold is not None:
             if editor.locator is None:
                 raise InputError("a locator threshold needs a locator: --locator FILE (or the built-in model's own)")
-            editor.locator.threshold = check_threshold(locator_threshold)
+            editor.locator.threshold = locator_threshold  # checked by the locator
         if rewrite:
             from .shapes_core.models import resolve_rewriter
 

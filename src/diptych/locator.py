@@ -176,7 +176,16 @@ class Locator:
         self.transformer = transformer
         self.head = head
         self.timestep = timestep
-        self.threshold = check_threshold(threshold)
+        self.threshold = threshold
+
+    @property
+    def threshold(self) -> float:
+        """A token is in the located region when its probability is above this (strictly between 0 and 1)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = check_threshold(value)
 
     @classmethod
     def from_pretrained(
