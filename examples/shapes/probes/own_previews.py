@@ -5,12 +5,13 @@ judge on the model's own previews").
 lets all 4 finish and scores each finished edit by the success rule; a file of (source, previews, finals, labels)
 per edit (`--early-steps 4 7 10`: previews after each of those steps too, keys `previews@7`, ...; `--thresholds 0.5
 0.7`: the seeds in the locator's region at each threshold, threshold-major, the candidates listed in the metadata;
-`--candidates K`: seeds 0..K-1). `picks`
+`--samplers stochastic euler`: the seeds with each sampler; `--candidates K`: seeds 0..K-1). `picks`
 scores pick rules on a file: seed 0 (what `bench` reports as (c)), the best seed by the rule (the oracle), the
 shipped judge on the previews (what `bench` reports as (d)) and on the finished edits, and the medoid (the
-candidate closest to the others), each also over the first k seeds (and per threshold, and the region whose seeds
-agree most, then the judge). `tune` fine-tunes the shipped judge on one file's previews (binary
-cross-entropy on the labels plus a listwise term on the edits whose seeds disagree) and reports its picks on another.
+candidate closest to the others), each also over the first k seeds (and per group of candidates that differ only
+in their seed — a threshold, a sampler — and the group whose seeds agree most, then the judge). `tune` fine-tunes
+the shipped judge on one file's previews (binary cross-entropy on the labels plus a listwise term on the edits whose
+seeds disagree) and reports its picks on another (`margin_judge.py`: the same on the success rule's margin).
 
     PYTHONPATH=src python examples/shapes/probes/own_previews.py collect runs/previews/train600.safetensors \\
         --split train --seed 1 --n 600                       # ~19 min on 2 cores
@@ -53,6 +54,7 @@ def collect(
     early_steps: list[int],
     candidates: int = CANDIDATES,
     thresholds: list[float | None] | None = None,
+    samplers: list[str] | None = None,
 ) -> None:
     from diptych.editor import Editor, EditRequest
     from diptych.shapes_core.dataset import sample_edit
@@ -62,24 +64,36 @@ def collect(
     rows: dict[str, list] = {key: [] for key in ("source", *map(preview_key, early_steps), "finals", "labels")}
     meta: dict[str, list] = {"instructions": [], "tasks": [], "phrasings": []}
     thresholds = thresholds or [None]  # None: the locator's own
-    # The candidates, threshold-major: seeds 0..candidates-1 in the region at each locator threshold.
-    meta["candidates"] = [{"threshold": t, "seed": s} for t in thresholds for s in range(candidates)]
+    samplers = samplers or ["stochastic"]
+    # The candidates, threshold-major, then sampler: seeds 0..candidates-1 in the region at each locator threshold,
+    # with each sampler (stochastic: the built-in model's default; euler: the deterministic flow).
+    meta["candidates"] = [
+        {"threshold": t, "sampler": m, "seed": s} for t in thresholds for m in samplers for s in range(candidates)
+    ]
+    groups = list(dict.fromkeys((c["threshold"], c["sampler"]) for c in meta["candidates"]))
     started = time.time()
     for index in range(n):
         ex = sample_edit(split, index, seed=seed, phrasings="seen" if split == "train" else "all")
         request = EditRequest(ex.source_image, ex.instruction, 0)
         regions = {t: editor.prepare(request, locator_threshold=t) for t in thresholds}
         base = regions[thresholds[0]]
-        items = [replace(regions[c["threshold"]], seed=c["seed"]) for c in meta["candidates"]]
-        with editor.task_conditioning(None if base.task is None else [base.task]):
-            state = editor.start(items, steps=STEPS, guidance=50.0)
-            for early in early_steps:  # the previews the filter would judge after `early` steps
-                state = editor.sampler.run(state, until=early)
-                canvases = editor.sampler.decode_state(state)
-                shots = [np.asarray(editor.finish(i, c).convert("RGB")) for i, c in zip(items, canvases, strict=True)]
-                rows[preview_key(early)].append(np.stack(shots))
-            state = editor.sampler.run(state)  # all seeds finish: each one's outcome is its label
-        finals = [editor.finish(i, c) for i, c in zip(items, editor.sampler.decode_state(state), strict=True)]
+        shots: dict[int, list] = {early: [] for early in early_steps}
+        finals = []
+        for threshold, sampler in groups:  # a state samples one way: one batch per group
+            items = [replace(regions[threshold], seed=s) for s in range(candidates)]
+            editor.stochastic = sampler == "stochastic"
+            with editor.task_conditioning(None if base.task is None else [base.task]):
+                state = editor.start(items, steps=STEPS, guidance=50.0)
+                for early in early_steps:  # the previews the filter would judge after `early` steps
+                    state = editor.sampler.run(state, until=early)
+                    canvases = editor.sampler.decode_state(state)
+                    finished = [editor.finish(i, c) for i, c in zip(items, canvases, strict=True)]
+                    shots[early] += [np.asarray(f.convert("RGB")) for f in finished]
+                state = editor.sampler.run(state)  # all seeds finish: each one's outcome is its label
+            finals += [editor.finish(i, c) for i, c in zip(items, editor.sampler.decode_state(state), strict=True)]
+        editor.stochastic = True
+        for early in early_steps:
+            rows[preview_key(early)].append(np.stack(shots[early]))
         labels = [judge_edit(f.resize(ex.source_image.size), ex.edit).success for f in finals]
         rows["source"].append(np.asarray(base.panel_source.convert("RGB")))
         rows["finals"].append(np.stack([np.asarray(f.convert("RGB")) for f in finals]))
@@ -154,34 +168,41 @@ def picks(path: Path) -> None:
         print(f"  {name:32s} {success_of(labels, scores, meta['phrasings'])}")
     shown = {name: scores for name, scores in rules.items() if name != "seed 0" and "medoid" not in name}
     candidates = meta.get("candidates") or [{"threshold": None, "seed": s} for s in range(labels.shape[1])]
-    thresholds = list(dict.fromkeys(c["threshold"] for c in candidates))
+    # A group: the candidates that differ only in their seed (one region, one sampler).
+    group_of = [(c["threshold"], c.get("sampler", "stochastic")) for c in candidates]
+    groups = list(dict.fromkeys(group_of))
     seeds = list(dict.fromkeys(c["seed"] for c in candidates))
+
+    def named(chosen: list) -> str:
+        thresholds = {g[0] for g in chosen} if len({g[0] for g in groups}) > 1 else set()
+        samplers = {g[1] for g in chosen} if len({g[1] for g in groups}) > 1 else set()
+        parts = ["/".join(map(str, sorted(thresholds)))] if thresholds else []
+        return " at " + " ".join(parts + ["/".join(sorted(samplers))] * bool(samplers)) if parts or samplers else ""
+
     for k in range(1, len(seeds) + 1):  # the same rules over the first k seeds: what more candidates buy
-        for group in ([[t] for t in thresholds] if len(thresholds) > 1 else []) + [thresholds]:
-            columns = [i for i, c in enumerate(candidates) if c["threshold"] in group and c["seed"] in seeds[:k]]
+        for chosen in ([[g] for g in groups] if len(groups) > 1 else []) + [groups]:
+            columns = [i for i, c in enumerate(candidates) if group_of[i] in chosen and c["seed"] in seeds[:k]]
             if len(columns) < 2:
                 continue
             line = ", ".join(
                 f"{name} {success_of(labels[:, columns], scores[:, columns], meta['phrasings']).split()[0]}"
                 for name, scores in shown.items()
             )
-            where = f" at threshold {'/'.join(map(str, group))}" if len(thresholds) > 1 else ""
-            print(f"  first {k} seeds{where} ({len(columns)} candidates): {line}")
-    if len(thresholds) > 1:  # pick the region whose seeds agree most (medoid spread), then the judge within it
+            print(f"  first {k} seeds{named(chosen)} ({len(columns)} candidates): {line}")
+    if len(groups) > 1:  # pick the group whose seeds agree most (medoid spread), then the judge within it
         key = preview_key(EARLY_STEPS)
         judged = rules[f"judge, previews after {EARLY_STEPS} steps"]
         for k in range(2, len(seeds) + 1):
-            groups = [
-                [i for i, c in enumerate(candidates) if c["threshold"] == t and c["seed"] in seeds[:k]]
-                for t in thresholds
+            members = [
+                [i for i, c in enumerate(candidates) if group_of[i] == g and c["seed"] in seeds[:k]] for g in groups
             ]
-            spread = np.stack([-medoid_scores(data[key][:, g]).mean(1) for g in groups], axis=1)
-            chosen = np.array(groups)[spread.argmin(1)]
+            spread = np.stack([-medoid_scores(data[key][:, m]).mean(1) for m in members], axis=1)
+            chosen = np.array(members)[spread.argmin(1)]
             scores = np.full(labels.shape, -np.inf)
             rows = np.arange(len(labels))[:, None]
             scores[rows, chosen] = judged[rows, chosen]
             print(
-                f"  first {k} seeds, the region the seeds agree on, then the judge: "
+                f"  first {k} seeds, the group whose seeds agree most, then the judge: "
                 f"{success_of(labels, scores, meta['phrasings'])}"
             )
 
@@ -239,6 +260,12 @@ def main() -> None:
         nargs="+",
         help="the seeds in the region at each locator threshold (default: its own)",
     )
+    c.add_argument(
+        "--samplers",
+        nargs="+",
+        choices=("stochastic", "euler"),
+        help="the seeds with each sampler (default: stochastic, the built-in model's)",
+    )
     p = sub.add_parser("picks")
     p.add_argument("file", type=Path)
     t = sub.add_parser("tune")
@@ -253,7 +280,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.command == "collect":
         early = sorted(set(args.early_steps))
-        collect(args.out, args.split, args.seed, args.n, early, args.candidates, args.thresholds)
+        collect(args.out, args.split, args.seed, args.n, early, args.candidates, args.thresholds, args.samplers)
     elif args.command == "picks":
         picks(args.file)
     else:
