@@ -71,12 +71,8 @@ class ConsensusNet(nn.Module):
         shipped.convs[0] = wide
 
     def forward(self, source, candidate, text, consensus):
-        net = self.inner
         x = torch.cat([source, candidate, candidate - source, candidate - consensus], dim=1)
-        for conv, norm, film in zip(net.convs, net.norms, net.film, strict=True):
-            gamma, beta = film(text).chunk(2, dim=-1)
-            x = nn.functional.silu(norm(conv(x)) * (1 + gamma[..., None, None]) + beta[..., None, None])
-        return net.head(torch.cat([x.mean(dim=(2, 3)), text], dim=-1)).squeeze(-1)
+        return self.inner.score_channels(x, text)
 
 
 def scores(net: nn.Module, source: np.ndarray, images: np.ndarray, text: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,7 @@ def collect(
         {"threshold": t, "sampler": m, "seed": s} for t in thresholds for m in samplers for s in range(candidates)
     ]
     groups = list(dict.fromkeys((c["threshold"], c["sampler"]) for c in meta["candidates"]))
+    model_sampling = editor.stochastic  # restored after each edit's groups
     started = time.time()
     for index in range(n):
         ex = sample_edit(split, index, seed=seed, phrasings="seen" if split == "train" else "all")
@@ -91,7 +92,7 @@ def collect(
                     shots[early] += [np.asarray(f.convert("RGB")) for f in finished]
                 state = editor.sampler.run(state)  # all seeds finish: each one's outcome is its label
             finals += [editor.finish(i, c) for i, c in zip(items, editor.sampler.decode_state(state), strict=True)]
-        editor.stochastic = True
+        editor.stochastic = model_sampling
         for early in early_steps:
             rows[preview_key(early)].append(np.stack(shots[early]))
         labels = [judge_edit(f.resize(ex.source_image.size), ex.edit).success for f in finals]
@@ -174,10 +175,11 @@ def picks(path: Path) -> None:
     seeds = list(dict.fromkeys(c["seed"] for c in candidates))
 
     def named(chosen: list) -> str:
-        thresholds = {g[0] for g in chosen} if len({g[0] for g in groups}) > 1 else set()
-        samplers = {g[1] for g in chosen} if len({g[1] for g in groups}) > 1 else set()
-        parts = ["/".join(map(str, sorted(thresholds)))] if thresholds else []
-        return " at " + " ".join(parts + ["/".join(sorted(samplers))] * bool(samplers)) if parts or samplers else ""
+        """' at 0.5/0.7 euler/stochastic': the thresholds and samplers of `chosen`, where the file has several."""
+        parts = [
+            "/".join(sorted({str(g[axis]) for g in chosen})) for axis in (0, 1) if len({g[axis] for g in groups}) > 1
+        ]
+        return " at " + " ".join(parts) if parts else ""
 
     for k in range(1, len(seeds) + 1):  # the same rules over the first k seeds: what more candidates buy
         for chosen in ([[g] for g in groups] if len(groups) > 1 else []) + [groups]:

@@ -50,7 +50,10 @@ class ShapesJudgeNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(4 * width + text_dim, 128), nn.SiLU(), nn.Linear(128, 1))
 
     def forward(self, source: torch.Tensor, candidate: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([source, candidate, candidate - source], dim=1)
+        return self.score_channels(torch.cat([source, candidate, candidate - source], dim=1), text)
+
+    def score_channels(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The logits of already stacked input channels (probes widen the first conv to feed it more)."""
         for conv, norm, film in zip(self.convs, self.norms, self.film, strict=True):
             gamma, beta = film(text).chunk(2, dim=-1)
             x = norm(conv(x)) * (1 + gamma[..., None, None]) + beta[..., None, None]
