@@ -44,6 +44,33 @@ def test_winner_is_the_judges_choice_and_equals_plain_edit(tiny_editor):
     assert result.nfe == 4 * 2 + 3 and result.restart_nfe == 4 * 2 + 5
 
 
+@pytest.mark.parametrize("own", [False, True])
+def test_candidates_with_each_sampler_resume_as_they_started(tiny_editor, own, monkeypatch):
+    monkeypatch.setattr(tiny_editor, "stochastic", own)  # restored after the test: the fixture is shared
+    result = edit_with_early_filter(
+        tiny_editor,
+        EditRequest(SOURCE, "make it brighter", seed=10),
+        judge=CallableJudge(brightness),
+        candidates=2,
+        early_steps=2,
+        steps=5,
+        batch_size=1,
+        samplers=("stochastic", "euler"),
+    )
+    assert tiny_editor.stochastic is own  # the editor's own sampling is restored
+    assert result.seeds == [10, 11, 10, 11] and result.samplers == ["stochastic"] * 2 + ["euler"] * 2
+    means = [np.asarray(p, dtype=np.float64).mean() for p in result.previews]
+    assert result.selection.index == int(np.argmax(means))
+    assert not np.array_equal(np.asarray(result.previews[0]), np.asarray(result.previews[2]))  # same seed, other way
+    assert result.nfe == 4 * 2 + 3
+    # the winner equals a plain edit with its seed and its sampler
+    tiny_editor.stochastic = result.samplers[result.selection.index] == "stochastic"
+    plain = tiny_editor.edit(SOURCE, "make it brighter", seed=result.seed, steps=5)
+    assert np.array_equal(np.asarray(result.image), np.asarray(plain))
+    summary = result.summary()
+    assert summary["winner_sampler"] == result.samplers[result.selection.index]
+
+
 def test_batched_candidates_agree_with_plain_edit(tiny_editor):
     result = edit_with_early_filter(
         tiny_editor,
@@ -73,6 +100,8 @@ def test_editor_edit_with_candidates_uses_the_judge(tiny_editor):
     [
         ({"candidates": 0, "early_steps": 1}, "candidates"),
         ({"candidates": 2, "early_steps": 9}, "early steps"),
+        ({"candidates": 2, "early_steps": 1, "samplers": ["euler", "ddim"]}, "samplers must be"),
+        ({"candidates": 2, "early_steps": 1, "samplers": ["euler", "euler"]}, "samplers must be"),
     ],
 )
 def test_bad_arguments(tiny_editor, kwargs, match):

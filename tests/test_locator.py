@@ -106,6 +106,11 @@ def test_bench_locate_variants_add_the_auto_mask():
     assert variant_options("lora+true-region") == {"adapter": "lora", "mask": "true-region", "feather": 0}
 
 
+def test_bench_sampler_suffixes_set_a_filters_candidates_and_a_plain_edits_sampling():
+    assert variant_options("moe+euler") == {"adapter": "moe", "stochastic": False}
+    assert variant_options("moe+filter+stochastic") == variant_options("moe+filter") | {"samplers": ["stochastic"]}
+
+
 def test_the_true_region_variant_gives_each_edit_its_own_region_unfeathered():
     from diptych.shapes.bench import run_variant, val_cases
     from diptych.shapes_core.edits import edit_region

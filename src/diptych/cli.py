@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument(
         "--judge",
         default=None,
-        help="judge spec: shapes (the built-in model's learned judge, offline; the default with --base shapes), "
+        help="judge spec: shapes (the built-in model's learned judge, offline; with ?render=1 it vetoes and the render "
+        "residual ranks the rest, the default with --base shapes), "
         "vlm:URL?model=NAME, local-vlm:PATH, clip[:PATH] (the hub id needs the network or the HF cache), "
         "python:module:function",
     )
@@ -165,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "knockout", "bubble", "score"),
         default="auto",
         help="tournament (default auto: score if the judge scores, else bubble)",
+    )
+    scaling.add_argument(
+        "--samplers",
+        nargs="+",
+        choices=("stochastic", "euler"),
+        default=None,
+        help="run every candidate seed with each of these samplers (default: the model's own; the built-in "
+        "model's best filter uses both)",
     )
     scaling.add_argument("--swap", action="store_true", help="ask pairwise judges both orders (position bias)")
     scaling.add_argument("--save-candidates", metavar="DIR", help="write previews and the judge's choices here")
@@ -258,7 +267,9 @@ def run_edit(args: argparse.Namespace) -> int:
         if args.batch:
             raise InputError("--candidates works on single edits; run them one by one for now")
         if not args.judge and is_builtin_base(args.base):
-            args.judge = "shapes"  # the built-in model's own judge ships with it: no download
+            from .scaling.spec import BUILTIN_JUDGE
+
+            args.judge = BUILTIN_JUDGE  # the built-in model's own judge ships with it: no download
         if not args.judge:
             raise InputError(
                 "--candidates needs --judge: e.g. --judge vlm:URL?model=NAME, --judge clip (CLIP from the hub or "
@@ -338,7 +349,7 @@ def _run_early_filter(editor, job: BatchJob, judge, args: argparse.Namespace) ->
 
     from .images import save_image_atomic
 
-    total = args.candidates * args.early_steps + args.steps - args.early_steps
+    total = args.candidates * len(args.samplers or [None]) * args.early_steps + args.steps - args.early_steps
     bar = tqdm(total=total, unit="NFE", disable=args.quiet, desc="early filter")
 
     def progress(done: int, _total: int) -> None:
@@ -372,6 +383,7 @@ def _early_filter_call(editor, job: BatchJob, judge, args: argparse.Namespace, p
         strategy=args.strategy,
         swap=args.swap,
         batch_size=args.batch_size,
+        samplers=args.samplers,
         save_candidates=args.save_candidates,
         progress=progress,
     )
@@ -411,7 +423,13 @@ def _run_session(editor, jobs: list[BatchJob], judge, args: argparse.Namespace) 
     threshold = None if args.no_threshold else args.threshold
     options = _edit_options(args)
     if judge is not None:
-        options.update(candidates=args.candidates, early_steps=args.early_steps, judge=judge, strategy=args.strategy)
+        options.update(
+            candidates=args.candidates,
+            early_steps=args.early_steps,
+            judge=judge,
+            strategy=args.strategy,
+            samplers=args.samplers,
+        )
     session = editor.session(jobs[0].image, threshold=threshold, seed=args.seed, **options)
     for turn, job in enumerate(tqdm(jobs, unit="turn", disable=args.quiet, desc="turns")):
         image = session.edit(job.instruction, mask=job.mask if turn == 0 else None, task=args.task)

@@ -389,6 +389,7 @@ class Editor:
         early_steps: int = 10,
         judge: Judge | str | None = None,
         strategy: str = "auto",
+        samplers: Sequence[str] | None = None,
         task: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> Image.Image:
@@ -407,7 +408,8 @@ class Editor:
 
         With `candidates` > 1, early filtering: seeds `seed .. seed + candidates - 1` run `early_steps`
         steps together, `judge` (a judge object or a spec such as "clip" or "python:mod:fn") picks one from
-        the x0 previews, and the winner resumes to `steps`. The result equals `edit(seed=winner)`. For the
+        the x0 previews, and the winner resumes to `steps`. The result equals `edit(seed=winner)`. `samplers`
+        ("stochastic", "euler"): each seed runs with each (default: the editor's own). For the
         previews, the judge's reasons and the NFE count, call
         `diptych.scaling.early_filter.edit_with_early_filter` directly.
 
@@ -443,6 +445,7 @@ class Editor:
                 candidates=candidates,
                 early_steps=early_steps,
                 strategy=strategy,
+                samplers=samplers,
                 **options,
             ).image
         return self.edit_many([request], **options)[0]

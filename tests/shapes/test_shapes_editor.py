@@ -453,7 +453,8 @@ def test_bench_scores_adapter_paths_on_the_fixed_val_set(shapes_folder, tmp_path
     assert len(val_cases(1)) == 9  # one per operation
     lora = str(shapes_folder / "adapters" / "lora.safetensors")
     assert variant_options(lora) == {"adapter": lora}
-    assert variant_options(lora + "+filter")["candidates"] == 4
+    filtered = variant_options(lora + "+filter")
+    assert filtered["candidates"] == 8 and filtered["samplers"] == ["euler"] and filtered["adapter"] == lora
     with pytest.raises(DiptychError, match="unknown variant 'nope'"):
         variant_options("nope")
     base = f"shapes:{shapes_folder}"

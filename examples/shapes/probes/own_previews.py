@@ -7,11 +7,13 @@ per edit (`--early-steps 4 7 10`: previews after each of those steps too, keys `
 0.7`: the seeds in the locator's region at each threshold, threshold-major, the candidates listed in the metadata;
 `--samplers stochastic euler`: the seeds with each sampler; `--candidates K`: seeds 0..K-1). `picks`
 scores pick rules on a file: seed 0 (what `bench` reports as (c)), the best seed by the rule (the oracle), the
-shipped judge on the previews (what `bench` reports as (d)) and on the finished edits, and the medoid (the
-candidate closest to the others), each also over the first k seeds (and per group of candidates that differ only
-in their seed — a threshold, a sampler — and the group whose seeds agree most, then the judge). `tune` fine-tunes
-the shipped judge on one file's previews (binary cross-entropy on the labels plus a listwise term on the edits whose
-seeds disagree) and reports its picks on another (`margin_judge.py`: the same on the success rule's margin).
+shipped judge on the previews (what `bench` reported as (d) until 2026-12-05) and on the finished edits, the
+render-checked judge on each (`judge.RenderCheckedJudge`: the learned judge vetoes, the render residual ranks the
+rest), and the medoid (the candidate closest to the others), each also over the first k seeds (and per group of
+candidates that differ only in their seed — a threshold, a sampler — and the group whose seeds agree most, then
+the judge). `tune` fine-tunes the shipped judge on one file's previews (binary cross-entropy on the labels plus a
+listwise term on the edits whose seeds disagree) and reports its picks on another (`margin_judge.py`: the same on
+the success rule's margin).
 
     PYTHONPATH=src python examples/shapes/probes/own_previews.py collect runs/previews/train600.safetensors \\
         --split train --seed 1 --n 600                       # ~19 min on 2 cores
@@ -36,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from diptych.shapes_core.judge import ShapesJudge, to_tensor
+from diptych.shapes_core.judge import RenderCheckedJudge, ShapesJudge, to_tensor
 
 CANDIDATES, EARLY_STEPS, STEPS = 4, 4, 28
 
@@ -128,6 +130,18 @@ def judge_scores(net: nn.Module, source: np.ndarray, images: np.ndarray, text: t
     return net(sources.repeat_interleave(k, 0), flat, text.repeat_interleave(k, 0)).view(n, k)
 
 
+def render_checked_scores(
+    judge: RenderCheckedJudge, source: np.ndarray, images: np.ndarray, instructions: list[str]
+) -> np.ndarray:
+    """(edits, candidates) scores of the render-checked judge: the learned judge's veto, then the render residual."""
+    return np.array(
+        [
+            judge.score_many(Image.fromarray(src), [Image.fromarray(a) for a in cands], instruction)
+            for src, cands, instruction in zip(source, images, instructions, strict=True)
+        ]
+    )
+
+
 def medoid_scores(images: np.ndarray) -> np.ndarray:
     """Minus each candidate's mean L1 to the others: the highest is the one the seeds agree on."""
     x = images.astype(np.float32) / 255
@@ -148,6 +162,7 @@ def picks(path: Path) -> None:
     data, meta = load(path)
     labels = data["labels"].astype(bool)
     judge = ShapesJudge.from_pretrained()
+    checked = RenderCheckedJudge(judge)
     first = np.eye(labels.shape[1])[np.zeros(len(labels), dtype=int)]
     print(f"{path}: {len(labels)} edits; success per seed " + " ".join(f"{v * 100:.1f}" for v in labels.mean(0)))
     print(f"  every seed succeeds {labels.all(1).mean() * 100:.1f}%, none {(~labels.any(1)).mean() * 100:.1f}%")
@@ -162,6 +177,15 @@ def picks(path: Path) -> None:
             for key in sorted(k for k in data if k.startswith("previews"))
         },
         "judge, finished edits": judge_scores(judge.net, data["source"], data["finals"], text).numpy(),
+        **{
+            f"render-checked, previews after {key.partition('@')[2] or EARLY_STEPS}": render_checked_scores(
+                checked, data["source"], data[key], meta["instructions"]
+            )
+            for key in sorted(k for k in data if k.startswith("previews"))
+        },
+        "render-checked, finished edits": render_checked_scores(
+            checked, data["source"], data["finals"], meta["instructions"]
+        ),
         "medoid, previews": medoid_scores(data["previews"]),
         "medoid, finished edits": medoid_scores(data["finals"]),
     }

@@ -34,6 +34,7 @@ class FilterEditor(Protocol):
 
     sampler: FillSampler
     pipe: Any
+    stochastic: bool
 
     def prepare(self, request: Any, *, width: int | None = None, template: str | None = None) -> Any: ...
 
@@ -50,7 +51,8 @@ class EarlyFilterResult:
 
     image: Image.Image
     seed: int
-    seeds: list[int]
+    seeds: list[int]  # each candidate's seed
+    samplers: list[str]  # each candidate's sampler ("stochastic" or "euler")
     previews: list[Image.Image]  # each candidate's x0 preview after the early steps (edited panel)
     selection: Selection
     nfe: int  # transformer evaluations spent, winner resume included
@@ -63,6 +65,8 @@ class EarlyFilterResult:
             "seeds": self.seeds,
             "winner_index": sel.index,
             "winner_seed": self.seed,
+            "samplers": self.samplers,
+            "winner_sampler": self.samplers[sel.index],
             "strategy": sel.strategy,
             "judge_calls": sel.judge_calls,
             "scores": sel.scores,
@@ -73,6 +77,10 @@ class EarlyFilterResult:
             "nfe": self.nfe,
             "restart_nfe": self.restart_nfe,
         }
+
+
+#: The ways a candidate may be sampled (`Editor.stochastic` on / off).
+SAMPLERS = ("stochastic", "euler")
 
 
 def edit_with_early_filter(
@@ -92,6 +100,7 @@ def edit_with_early_filter(
     strategy: str = "auto",
     swap: bool = False,
     batch_size: int | None = None,
+    samplers: Sequence[str] | None = None,
     save_candidates: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EarlyFilterResult:
@@ -99,20 +108,31 @@ def edit_with_early_filter(
 
     `editor` is a `diptych.Editor` and `request` a `diptych.editor.EditRequest`.
 
-    `batch_size` bounds how many candidates go through the transformer at once (default: all). With a task
-    embedding on the editor, every candidate is conditioned on `request.task` (or the predicted task). The NFE
-    counts transformer passes: two per sample and step with `true_cfg_scale` > 1.
+    `samplers` (a subset of `SAMPLERS`; default: the editor's own): every seed runs with each, so there are
+    `candidates * len(samplers)` candidates, sampler-major. Seeds and samplers give different kinds of variety:
+    on the built-in model, Euler candidates recover edits that more stochastic seeds do not (docs/shapes.md).
+    The result equals a plain edit with the winner's seed and sampler.
+
+    `batch_size` bounds how many candidates go through the transformer at once (default: all of one sampler).
+    With a task embedding on the editor, every candidate is conditioned on `request.task` (or the predicted
+    task). The NFE counts transformer passes: two per sample and step with `true_cfg_scale` > 1.
     """
     if candidates < 1:
         raise InputError(f"candidates must be at least 1, got {candidates}")
     if not 1 <= early_steps <= steps:
         raise InputError(f"early steps must be between 1 and steps ({steps}), got {early_steps}")
+    own = "stochastic" if editor.stochastic else "euler"
+    samplers = list(samplers) if samplers else [own]
+    unknown = sorted(set(samplers) - set(SAMPLERS))
+    if unknown or len(set(samplers)) != len(samplers):
+        raise InputError(f"samplers must be distinct names from {', '.join(SAMPLERS)}; got {', '.join(samplers)}")
     batch_size = batch_size or candidates
     base = editor.prepare(request, width=width, template=template)
     seeds = [base.seed + i for i in range(candidates)]
     items = [replace(base, seed=s) for s in seeds]
+    count = candidates * len(samplers)
     passes = 2 if true_cfg_scale != 1 else 1  # transformer evaluations per sample and step
-    total = passes * (candidates * early_steps + (steps - early_steps))
+    total = passes * (count * early_steps + (steps - early_steps))
     done = 0
 
     def report(evaluations: int) -> None:
@@ -125,30 +145,38 @@ def edit_with_early_filter(
         return lambda _step, _total: report(passes * evaluations_per_step)
 
     with editor.task_conditioning(None if base.task is None else [base.task]):  # resolved once, by prepare
-        # Early steps, in chunks; keep each chunk's state so the winner can resume from it.
-        chunks, previews = [], []
-        for start in range(0, candidates, batch_size):
-            chunk = items[start : start + batch_size]
-            state = editor.start(chunk, steps=steps, guidance=guidance, true_cfg_scale=true_cfg_scale)
-            state = editor.sampler.run(state, until=early_steps, callback=counter(len(chunk)))
-            chunks.append(state)
-            canvases = editor.sampler.decode_state(state)
-            previews += [editor.finish(item, c, feather=feather) for item, c in zip(chunk, canvases, strict=True)]
+        # Early steps, in chunks of one sampler; keep each chunk's state so the winner can resume from it (a
+        # state keeps the way it samples, so the winner finishes as it started).
+        chunks, previews, where = [], [], []
+        try:
+            for sampler in samplers:
+                editor.stochastic = sampler == "stochastic"
+                for start in range(0, candidates, batch_size):
+                    chunk = items[start : start + batch_size]
+                    state = editor.start(chunk, steps=steps, guidance=guidance, true_cfg_scale=true_cfg_scale)
+                    state = editor.sampler.run(state, until=early_steps, callback=counter(len(chunk)))
+                    where += [(len(chunks), i) for i in range(len(chunk))]
+                    chunks.append(state)
+                    canvases = editor.sampler.decode_state(state)
+                    previews += [editor.finish(it, c, feather=feather) for it, c in zip(chunk, canvases, strict=True)]
+        finally:
+            editor.stochastic = own == "stochastic"
 
         selection = select_best(judge, base.panel_source, previews, base.instruction, strategy=strategy, swap=swap)
-        winner = chunks[selection.index // batch_size].select([selection.index % batch_size])
-        winner = editor.sampler.run(winner, callback=counter(1))
+        chunk_index, row = where[selection.index]
+        winner = editor.sampler.run(chunks[chunk_index].select([row]), callback=counter(1))
     canvas = editor.sampler.decode_state(winner)[0]
     editor.pipe.maybe_free_model_hooks()
-    image = editor.finish(items[selection.index], canvas, keep_size=keep_size, feather=feather)
+    image = editor.finish(items[selection.index % candidates], canvas, keep_size=keep_size, feather=feather)
     result = EarlyFilterResult(
         image=image,
-        seed=seeds[selection.index],
-        seeds=seeds,
+        seed=seeds[selection.index % candidates],
+        seeds=seeds * len(samplers),
+        samplers=[m for m in samplers for _ in seeds],
         previews=previews,
         selection=selection,
         nfe=total,
-        restart_nfe=passes * (candidates * early_steps + steps),
+        restart_nfe=passes * (count * early_steps + steps),
     )
     if save_candidates is not None:
         write_candidates(result, Path(save_candidates))
@@ -160,7 +188,7 @@ def write_candidates(result: EarlyFilterResult, folder: Path) -> None:
     from ..images import save_image_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
-    for index, (seed, preview) in enumerate(zip(result.seeds, result.previews, strict=True)):
-        save_image_atomic(preview, folder / f"candidate_{index}_seed{seed}.png")
+    for index, (seed, sampler, preview) in enumerate(zip(result.seeds, result.samplers, result.previews, strict=True)):
+        save_image_atomic(preview, folder / f"candidate_{index}_seed{seed}_{sampler}.png")
     save_image_atomic(result.image, folder / "final.png")
     write_atomic(folder / "selection.json", json.dumps(result.summary(), indent=2))

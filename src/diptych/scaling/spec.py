@@ -9,7 +9,9 @@
                                        optional ``?preserve_weight=0.5&device=cpu``
 ``local-vlm:PATH``                     a local VLM (Qwen2.5-VL) through transformers; optional
                                        ``?device=cuda&dtype=bfloat16&max_new_tokens=64&retries=2``
-``shapes`` / ``shapes:FOLDER``         the learned ShapesEdit judge (shipped with the built-in model)
+``shapes`` / ``shapes:FOLDER``         the learned ShapesEdit judge (shipped with the built-in model);
+                                       ``?render=1``: it vetoes, the render residual ranks the rest
+                                       (`RenderCheckedJudge`; optional ``&veto=4``)
 =====================================  ===============================================================
 """
 
@@ -24,9 +26,13 @@ from diptych.errors import DiptychError
 from diptych.scaling.judges import CallableJudge, CLIPJudge, Judge, LocalVLMJudge, can_compare, can_score
 from diptych.specs import import_object
 
-__all__ = ["KNOWN_SCHEMES", "JudgeSpecError", "load_judge"]
+__all__ = ["BUILTIN_JUDGE", "KNOWN_SCHEMES", "JudgeSpecError", "load_judge"]
 
 KNOWN_SCHEMES = ("python", "vlm", "clip", "local-vlm", "shapes")
+
+#: The built-in model's judge, shipped with it: the learned judge vetoes, the render residual ranks the rest (it picks
+#: better than the learned judge alone on every candidate set measured, docs/shapes.md).
+BUILTIN_JUDGE = "shapes?render=1"
 
 
 class JudgeSpecError(DiptychError, ValueError):
@@ -150,6 +156,25 @@ def _local_vlm(spec: str, rest: str) -> Judge:
     return LocalVLMJudge.from_pretrained(path, **options)
 
 
+def _flag(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError("must be 0 or 1")
+    return text == "1"
+
+
+def _shapes(spec: str, rest: str) -> Judge:
+    from ..shapes_core.judge import RenderCheckedJudge, ShapesJudge
+
+    path, params = _split_query(spec, rest)
+    options = _typed(spec, params, {"render": _flag, "veto": _positive_float})
+    judge = ShapesJudge.from_pretrained(path) if path else ShapesJudge.from_pretrained()
+    if not options.get("render", False):
+        if "veto" in options:
+            raise JudgeSpecError(f"judge spec {spec!r}: veto only applies with render=1")
+        return judge
+    return RenderCheckedJudge(judge, **({"veto": options["veto"]} if "veto" in options else {}))
+
+
 def load_judge(spec: str) -> Judge:
     """Build the judge a spec string names (see the module docstring for the forms).
 
@@ -175,9 +200,7 @@ def load_judge(spec: str) -> Judge:
     if scheme == "local-vlm":
         return _local_vlm(spec, rest)
     if scheme == "shapes":
-        from ..shapes_core.judge import ShapesJudge
-
-        return ShapesJudge.from_pretrained(rest) if rest else ShapesJudge.from_pretrained()
+        return _shapes(spec, rest)
     raise JudgeSpecError(
         f"unknown judge spec {spec!r}; it must start with one of: "
         f"{', '.join(s + ':' for s in KNOWN_SCHEMES)} "

@@ -125,10 +125,10 @@ def load_editor(args: argparse.Namespace):
 
 def _builtin_judge():
     """The ShapesEdit judge if its weights ship, else None (the early filter is then off)."""
-    from ..scaling.spec import load_judge
+    from ..scaling.spec import BUILTIN_JUDGE, load_judge
 
     try:
-        return load_judge("shapes")
+        return load_judge(BUILTIN_JUDGE)
     except WeightsError:
         return None
 
@@ -137,7 +137,9 @@ def run_serve(args: argparse.Namespace) -> int:
     """Load the model and serve until interrupted; bad options and missing weights raise DiptychError."""
     implicit_judge = args.judge is None and (args.base is None or args.base.startswith("shapes"))
     if implicit_judge:
-        args.judge = "shapes"  # the built-in model's learned judge ships with it
+        from ..scaling.spec import BUILTIN_JUDGE
+
+        args.judge = BUILTIN_JUDGE  # the built-in model's judge ships with it
     settings = settings_from_args(args)
     if settings.default_steps > settings.max_steps:
         raise DiptychError(f"--steps {settings.default_steps} is above --max-steps {settings.max_steps}")

@@ -4,7 +4,7 @@ Variants, as the ICEdit ablations in miniature:
 - `base`: the base Fill model with the in-context prompt only (training-free editing);
 - `lora`: the plain LoRA adapter (about the MoE's number of trainable parameters);
 - `moe`: the LoRA-MoE adapter;
-- `moe+filter`: LoRA-MoE with early filtering (several seeds, the learned judge keeps one).
+- `moe+filter`: LoRA-MoE with early filtering (several seeds, the built-in judge keeps one; `FILTER`).
 The LoRA-MoE edits with the Emu Edit task embedding trained with it, the task predicted from each
 instruction. Emu Edit's task ablation adds two variants (not run by default):
 - `moe:no-task`: the same adapter with task conditioning off;
@@ -37,12 +37,16 @@ from PIL import Image
 
 from ..errors import DiptychError
 from ..images import AUTO_MASK
+from ..scaling.spec import BUILTIN_JUDGE, load_judge
 from ..shapes_core.dataset import load_dataset, sample_edit
 from ..shapes_core.edits import Edit, edit_region, judge_edit
 from ..shapes_core.world import render as render_image
 
-#: The early filter of (d) and of `PATH+filter`: 4 seeds x 4 of the steps, the built-in model's learned judge.
-FILTER = {"candidates": 4, "early_steps": 4, "judge": "shapes"}
+#: The early filter of (d) and of `PATH+filter`: 8 seeds sampled with Euler steps x 14 of the 28 steps, the built-in
+#: model's judge (the learned judge vetoes, the render residual ranks the rest). Chosen on the validation edits among
+#: seeds x samplers x judging steps (docs/shapes.md, "A judge that knows the world's shapes"): Euler previews after 14
+#: steps already show how cleanly the edit will be drawn; stochastic ones do not (later steps re-noise them).
+FILTER = {"candidates": 8, "early_steps": 14, "judge": BUILTIN_JUDGE, "samplers": ["euler"]}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {"adapter": "none"},
     "lora": {"adapter": "lora"},
@@ -71,10 +75,13 @@ def variant_options(name: str) -> dict[str, Any]:
     """The options of a named variant, or of an adapter path (`PATH` or `PATH+filter`); `+locate` on either
     adds the locator's mask, `+true-region` the edit's true region (the ceiling of a perfect locator), `+cfgS`
     classifier-free guidance at scale S, `+literal` the instruction as given (no rewriter), `+stochastic` /
-    `+euler` stochastic / Euler sampling (default: the model's own)."""
+    `+euler` stochastic / Euler sampling (default: the model's own; on a `+filter` variant, its candidates')."""
     for suffix, stochastic in SAMPLER_SUFFIXES.items():
         if name.endswith(suffix):
-            return variant_options(name.removesuffix(suffix)) | {"stochastic": stochastic}
+            options = variant_options(name.removesuffix(suffix))
+            if "candidates" in options:  # a filter's candidates all sample this way
+                return options | {"samplers": [suffix.removeprefix("+")]}
+            return options | {"stochastic": stochastic}
     if name.endswith(LITERAL_SUFFIX):
         return variant_options(name.removesuffix(LITERAL_SUFFIX)) | {"rewrite": False}
     if match := CFG_SUFFIX.search(name):
@@ -164,6 +171,7 @@ def run_variant(
     sampling = {key: options[key] for key in ("feather", "true_cfg_scale") if key in options}
     candidates = options.get("candidates", 1)
     if candidates > 1:
+        judge = load_judge(options["judge"])  # once for the variant, not per edit
         outputs = []
         for case in cases:
             outputs.append(
@@ -174,7 +182,8 @@ def run_variant(
                     steps=steps,
                     candidates=candidates,
                     early_steps=min(options["early_steps"], steps),
-                    judge=options["judge"],
+                    judge=judge,
+                    samplers=options.get("samplers"),
                     task=task(case),
                     mask=mask(case),
                     **sampling,
@@ -313,7 +322,9 @@ def run_bench(
             report["variants"][name] = {"unavailable": str(err)}
             continue
         report["variants"][name] = summarize([row for rows in rows_of.values() for row in rows])
-        report["variants"][name]["sampler"] = "stochastic" if editor.stochastic else "euler"
+        own = "stochastic" if editor.stochastic else "euler"
+        report["variants"][name]["sampler"] = "/".join(options.get("samplers") or [own])  # the filter's candidates'
+
         if sample_seeds:
             report["variants"][name]["per_seed"] = {
                 str(s): summarize(rows)["overall"]["success"] for s, rows in rows_of.items()

@@ -94,6 +94,34 @@ class ShapesJudge:
         return self.score_many(source, [candidate], instruction)[0]
 
 
+class RenderCheckedJudge:
+    """The learned judge for *what* was edited, the render residual (`parse.render_residual`) for *how well*.
+
+    Among one edit's candidates, those the learned judge scores more than `veto` logits below its favourite
+    are out of the running (an unedited copy, a wrong edit); of the rest, the candidate that renders its own
+    parse most cleanly wins. The built-in model's failures are mostly near misses of drawing (a rounded star, a
+    smeared square) that the learned judge, trained on coarse negatives, cannot rank, and that a residual
+    against the world's renderer sees directly (docs/shapes.md, "A judge that knows the world's shapes").
+    Neither part sees the target. `--judge "shapes?render=1"`.
+    """
+
+    def __init__(self, judge: ShapesJudge, veto: float = 4.0):
+        self.judge = judge
+        self.veto = veto
+
+    def score_many(self, source: Image.Image, candidates: list[Image.Image], instruction: str) -> list[float]:
+        from .parse import render_residual
+
+        logits = self.judge.score_many(source, candidates, instruction)
+        best = max(logits)
+        residuals = [render_residual(c)[1] for c in candidates]
+        # residuals lie in 0..1: a vetoed candidate scores below every candidate still running
+        return [-r if logit >= best - self.veto else -1.0 - r for logit, r in zip(logits, residuals, strict=True)]
+
+    def score(self, source: Image.Image, candidate: Image.Image, instruction: str) -> float:
+        return self.score_many(source, [candidate], instruction)[0]
+
+
 # ---------------------------------------------------------------------------------------- training data
 def degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Blur and noise at random, like a model's output or an early x0 preview."""
