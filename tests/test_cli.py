@@ -280,10 +280,10 @@ def test_help_documents_the_builtin_judge():
     commands = build_parser()._subparsers._group_actions[0].choices
     for name in ("edit", "serve"):
         text = " ".join(commands[name].format_help().split())
-        assert "shapes (the built-in model's learned judge, offline" in text, name
+        assert "shapes (the built-in model's learned judge, offline; with ?render=1" in text, name
         assert "--threads" in text
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert "--judge shapes" in readme and "--threads" in readme
+    assert '--judge "shapes?render=1"' in readme and "--threads" in readme
 
 
 def test_builtin_base_defaults_to_64_px_training(tmp_path):

@@ -35,9 +35,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     model.add_argument(
         "--judge",
         default=None,
-        help="judge spec for early filtering: shapes (the built-in model's learned judge, offline; the default "
-        "with the built-in model), vlm:URL?model=NAME, clip[:PATH] (the hub id needs the network or the HF "
-        "cache), python:mod:fn",
+        help="judge spec for early filtering: shapes (the built-in model's learned judge, offline; with ?render=1 "
+        "it vetoes and the render residual ranks the rest, the default with the built-in model), "
+        "vlm:URL?model=NAME, clip[:PATH] (the hub id needs the network or the HF cache), python:mod:fn",
     )
 
     server = parser.add_argument_group("server")
