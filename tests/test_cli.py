@@ -147,13 +147,31 @@ def test_builtin_panel_is_the_shapes_models_panel():
     assert BUILTIN_PANEL == PANEL == 64
 
 
-def test_candidates_with_the_builtin_model_use_its_judge_and_clamp_early_steps(scene, tmp_path, capsys):
-    # No --judge (the built-in model's own), and --steps 2 below the default --early-steps 10: clamped, not refused.
+def test_candidates_with_the_builtin_model_use_its_own_filter(scene, tmp_path, capsys):
+    # No --judge: the built-in model's own judge, Euler candidates, judged after half of --steps.
     out = tmp_path / "out.png"
     args = ["edit", str(scene), "make the circle red", "-o", str(out), "--base", "shapes", "--candidates", "2"]
-    code, err = run(capsys, *args, "--steps", "2", "-q", "--threads", "1")
+    code, err = run(capsys, *args, "--steps", "4", "-q", "--threads", "1", "--save-candidates", str(tmp_path / "c"))
     assert code == 0, err
     assert "kept seed" in err and Image.open(out).size == (64, 64)
+    summary = json.loads((tmp_path / "c" / "selection.json").read_text())
+    assert summary["samplers"] == ["euler", "euler"] and summary["nfe"] == 2 * 2 + 2
+    # an explicit sampler and early step count are kept
+    code, err = run(
+        capsys,
+        *args,
+        "--steps",
+        "4",
+        "-q",
+        "--samplers",
+        "stochastic",
+        "--early-steps",
+        "1",
+        "--save-candidates",
+        str(tmp_path / "d"),
+    )
+    summary = json.loads((tmp_path / "d" / "selection.json").read_text())
+    assert code == 0 and summary["samplers"] == ["stochastic", "stochastic"] and summary["nfe"] == 2 * 1 + 3
     # an explicit value out of range is still an error, naming the value
     code, err = run(capsys, *args, "--steps", "2", "--early-steps", "5", "-q")
     assert code == 2 and "--early-steps 5 must be between 1 and --steps (2)" in err and err.count("\n") == 1

@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--early-steps",
         type=int,
         default=None,
-        help=f"steps per candidate before judging (default {DEFAULT_EARLY_STEPS}, or --steps if fewer)",
+        help=f"steps per candidate before judging (default {DEFAULT_EARLY_STEPS}, or --steps if fewer; with --base "
+        "shapes and its own judge, half of --steps)",
     )
     scaling.add_argument(
         "--judge",
@@ -172,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=("stochastic", "euler"),
         default=None,
-        help="run every candidate seed with each of these samplers (default: the model's own; the built-in "
-        "model's best filter uses both)",
+        help="run every candidate seed with each of these samplers (default: the model's own; euler with --base "
+        "shapes and its own judge)",
     )
     scaling.add_argument("--swap", action="store_true", help="ask pairwise judges both orders (position bias)")
     scaling.add_argument("--save-candidates", metavar="DIR", help="write previews and the judge's choices here")
@@ -261,6 +262,13 @@ def run_edit(args: argparse.Namespace) -> int:
                 "--mask auto needs a locator: --locator FILE (train one: diptych train --objective locate)"
             )
     judge = None
+    builtin_filter = args.candidates > 1 and is_builtin_base(args.base) and not args.judge
+    if builtin_filter:  # the built-in model's own filter: Euler candidates judged halfway (docs/shapes.md)
+        from .shapes_core.judge import FILTER_JUDGED_AT, FILTER_SAMPLERS
+
+        args.samplers = args.samplers or list(FILTER_SAMPLERS)
+        if args.early_steps is None:
+            args.early_steps = max(1, round(FILTER_JUDGED_AT * args.steps))
     if args.early_steps is None:  # the default never exceeds --steps; an explicit value is checked below
         args.early_steps = min(DEFAULT_EARLY_STEPS, args.steps)
     if args.candidates > 1:

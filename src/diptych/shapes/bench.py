@@ -40,13 +40,19 @@ from ..images import AUTO_MASK
 from ..scaling.spec import BUILTIN_JUDGE, load_judge
 from ..shapes_core.dataset import load_dataset, sample_edit
 from ..shapes_core.edits import Edit, edit_region, judge_edit
+from ..shapes_core.judge import FILTER_JUDGED_AT, FILTER_SAMPLERS
 from ..shapes_core.world import render as render_image
 
 #: The early filter of (d) and of `PATH+filter`: 8 seeds sampled with Euler steps x 14 of the 28 steps, the built-in
 #: model's judge (the learned judge vetoes, the render residual ranks the rest). Chosen on the validation edits among
 #: seeds x samplers x judging steps (docs/shapes.md, "A judge that knows the world's shapes"): Euler previews after 14
 #: steps already show how cleanly the edit will be drawn; stochastic ones do not (later steps re-noise them).
-FILTER = {"candidates": 8, "early_steps": 14, "judge": BUILTIN_JUDGE, "samplers": ["euler"]}
+FILTER = {
+    "candidates": 8,
+    "early_steps": round(FILTER_JUDGED_AT * 28),
+    "judge": BUILTIN_JUDGE,
+    "samplers": list(FILTER_SAMPLERS),
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {"adapter": "none"},
     "lora": {"adapter": "lora"},

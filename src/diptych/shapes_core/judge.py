@@ -37,6 +37,13 @@ from .models import PANEL, WEIGHTS
 
 TEXT_DIM = 384
 
+#: How the built-in model's early filter samples and when it judges (the bench's (d); the defaults of `diptych edit
+#: --base shapes --candidates N`): candidates take Euler steps and are judged after half the steps, when an Euler
+#: preview already shows how cleanly the edit will end; stochastic previews do not (docs/shapes.md, "A judge that
+#: knows the world's shapes; Euler candidates judged halfway").
+FILTER_SAMPLERS = ("euler",)
+FILTER_JUDGED_AT = 0.5  # of the steps
+
 
 class ShapesJudgeNet(nn.Module):
     """(source, candidate, instruction embedding) -> logit of "a correct edit"."""
