@@ -239,6 +239,12 @@ def test_early_filter_needs_a_judge_and_reports_its_choice(make_app, tiny_editor
     assert np.abs(decode(base64.b64decode(meta["image"])) - expected).max() <= 1
     assert client.get("/v1/models").json()["judge"] == "python:brightness"
 
+    # the built-in model's server samples its candidates its own way (`ServeSettings.filter_samplers`)
+    both = TestClient(make_app(judge=CallableJudge(brightness), filter_samplers=("stochastic", "euler")))
+    info = both.post("/v1/edits?format=json", files={"image": ("a", source_png)}, data=fields).json()["early_filter"]
+    assert info["candidates"] == 6 and info["samplers"] == ["stochastic"] * 3 + ["euler"] * 3
+    assert info["seeds"] == [20, 21, 22] * 2 and info["winner_sampler"] == info["samplers"][info["winner_index"]]
+
 
 def test_models_health_and_docs(make_app):
     client = TestClient(make_app(model_name="tiny"))

@@ -66,7 +66,9 @@ class EditResult:
                 "candidates": len(summary["seeds"]),
                 "early_steps": self.options.early_steps,
                 "seeds": summary["seeds"],
+                "samplers": summary["samplers"],
                 "winner_seed": summary["winner_seed"],
+                "winner_sampler": summary["winner_sampler"],
                 "winner_index": summary["winner_index"],
                 "strategy": summary["strategy"],
                 "judge_calls": summary["judge_calls"],
@@ -264,6 +266,7 @@ class EditWorker:
                 early_steps=first.early_steps,
                 steps=first.steps,
                 guidance=first.guidance,
+                samplers=self.settings.filter_samplers,
             )
             return [(result.image, result.summary(), result.previews)]
         requests = [EditRequest(j.image, j.options.instruction, j.options.seed, j.mask) for j in batch]

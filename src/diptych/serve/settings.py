@@ -44,6 +44,7 @@ class ServeSettings:
     default_steps: int = 28
     default_guidance: float = 50.0
     default_early_steps: int = 10
+    filter_samplers: tuple[str, ...] | None = None  # how the early filter's candidates sample (None: the model's way)
     max_batch: int = 4  # single edits the worker runs together through Editor.edit_many
     batch_wait_ms: float = 5.0  # how long the worker waits for more edits to fill a batch
     queue_size: int = 32  # edits waiting for the model; more are refused with 429
