@@ -125,6 +125,18 @@ def test_the_shipped_model_edits():
     assert moe.fill_region == "edit" and moe.locator is not None  # it fills the region its locator finds
 
 
+def test_the_shipped_early_filter_recovers_edits_seed_0_misses():
+    """(d): eight Euler seeds judged after 14 of 28 steps by the render-checked judge. On the bench's 200 test edits
+    it recovers 9 of the 16 that seed 0 misses and loses none (92.0% -> 96.5%); four of those recovered edits here
+    (a resize, two adds, a recolor)."""
+    from diptych.shapes.bench import heldout_cases, run_bench
+
+    cases = [heldout_cases(200)[i] for i in (53, 54, 92, 122)]
+    report = run_bench(cases, variants=["moe", "moe+filter"], steps=28, device="cpu")
+    success = {name: round(v["overall"]["success"] * 4) for name, v in report["variants"].items()}
+    assert success["moe+filter"] >= 3 and success["moe+filter"] > success["moe"], success
+
+
 def test_shipped_moe_learned_the_edited_tokens():
     """The objective's error on held-out ground-truth diptychs (`diptych shapes losses`), each model in its own
     layout: on the tokens the edit changes, the shipped LoRA-MoE (filling the edit's region) is a thirtieth of
