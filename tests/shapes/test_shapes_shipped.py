@@ -104,22 +104,18 @@ def test_shipped_weights_fit_the_budget():
 
 def test_the_shipped_model_edits():
     """The built-in model — the object base, the LoRA-MoE + task embedding trained to fill edit regions, and the
-    locator that finds them — succeeds on most held-out mirror, remove, invert and background edits (bench over 200
-    test edits: mirror and invert 100%, background 94%, remove 88%; all nine operations 75.0%, docs/shapes.md), where
-    the bare base, which copies the scene, succeeds on none. While the VAE coded the canvas whole (its panels mixed
-    their colours) invert succeeded on 0% of the bench's edits and background on 12%."""
+    locator that finds them — succeeds on the first two held-out test edits of each of the nine operations (issue
+    #16: at least 80% of them; measured 18 of 18, the bench over 200 test edits 92.0%), where the bare base, which
+    copies the scene, succeeds on none."""
     from diptych.shapes.bench import heldout_cases, run_bench
+    from diptych.shapes_core.edits import op_names
 
     cases = heldout_cases(200)
-    first = {op: [c for c in cases if c.task == op][:count] for op, count in (("mirror", 6), ("remove", 6))}
-    first |= {op: [c for c in cases if c.task == op][:4] for op in ("invert", "background")}
-    cases = [c for group in first.values() for c in group]
+    cases = [c for op in op_names() for c in [c for c in cases if c.task == op][:2]]
     report = run_bench(cases, variants=["base", "moe"], steps=28, device="cpu")
     success = {name: v["overall"]["success"] for name, v in report["variants"].items()}
-    full_image = [report["variants"]["moe"]["task"][op]["success"] for op in ("invert", "background")]
-    assert len(cases) == 20
-    assert success["base"] == 0.0 and success["moe"] >= 15 / 20
-    assert sum(full_image) / 2 >= 5 / 8
+    assert len(cases) == 18 and {c.task for c in cases} == set(op_names())
+    assert success["base"] == 0.0 and success["moe"] >= 0.8, success
     moe = Editor.from_pretrained("shapes", device="cpu")
     assert moe.adapter_kind == "moe" and moe.task_embedding is not None  # the default: MoE + its task vectors
     assert moe.fill_region == "edit" and moe.locator is not None  # it fills the region its locator finds
