@@ -262,22 +262,20 @@ def run_edit(args: argparse.Namespace) -> int:
                 "--mask auto needs a locator: --locator FILE (train one: diptych train --objective locate)"
             )
     judge = None
-    builtin_filter = args.candidates > 1 and is_builtin_base(args.base) and not args.judge
-    if builtin_filter:  # the built-in model's own filter: Euler candidates judged halfway (docs/shapes.md)
-        from .shapes_core.judge import FILTER_JUDGED_AT, FILTER_SAMPLERS
+    if args.candidates > 1 and is_builtin_base(args.base) and not args.judge:
+        # the built-in model's own filter, shipped with it (no download): its judge, Euler candidates judged halfway
+        from .scaling.spec import BUILTIN_JUDGE
+        from .shapes_core.judge import FILTER_SAMPLERS, filter_early_steps
 
+        args.judge = BUILTIN_JUDGE
         args.samplers = args.samplers or list(FILTER_SAMPLERS)
         if args.early_steps is None:
-            args.early_steps = max(1, round(FILTER_JUDGED_AT * args.steps))
+            args.early_steps = filter_early_steps(args.steps)
     if args.early_steps is None:  # the default never exceeds --steps; an explicit value is checked below
         args.early_steps = min(DEFAULT_EARLY_STEPS, args.steps)
     if args.candidates > 1:
         if args.batch:
             raise InputError("--candidates works on single edits; run them one by one for now")
-        if not args.judge and is_builtin_base(args.base):
-            from .scaling.spec import BUILTIN_JUDGE
-
-            args.judge = BUILTIN_JUDGE  # the built-in model's own judge ships with it: no download
         if not args.judge:
             raise InputError(
                 "--candidates needs --judge: e.g. --judge vlm:URL?model=NAME, --judge clip (CLIP from the hub or "

@@ -142,10 +142,10 @@ def run_serve(args: argparse.Namespace) -> int:
         args.judge = BUILTIN_JUDGE  # the built-in model's judge ships with it
     settings = settings_from_args(args)
     if implicit_judge:  # the built-in model's own filter: Euler candidates judged after half the steps
-        from ..shapes_core.judge import FILTER_JUDGED_AT, FILTER_SAMPLERS
+        from ..shapes_core.judge import FILTER_SAMPLERS, filter_early_steps
 
         settings.filter_samplers = FILTER_SAMPLERS
-        settings.default_early_steps = max(1, round(FILTER_JUDGED_AT * settings.default_steps))
+        settings.default_early_steps = filter_early_steps(settings.default_steps)
     if settings.default_steps > settings.max_steps:
         raise DiptychError(f"--steps {settings.default_steps} is above --max-steps {settings.max_steps}")
     judge = None

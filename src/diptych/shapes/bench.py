@@ -40,7 +40,7 @@ from ..images import AUTO_MASK
 from ..scaling.spec import BUILTIN_JUDGE, load_judge
 from ..shapes_core.dataset import load_dataset, sample_edit
 from ..shapes_core.edits import Edit, edit_region, judge_edit
-from ..shapes_core.judge import FILTER_JUDGED_AT, FILTER_SAMPLERS
+from ..shapes_core.judge import FILTER_SAMPLERS, filter_early_steps
 from ..shapes_core.world import render as render_image
 
 #: The early filter of (d) and of `PATH+filter`: 8 seeds sampled with Euler steps x 14 of the 28 steps, the built-in
@@ -49,7 +49,7 @@ from ..shapes_core.world import render as render_image
 #: steps already show how cleanly the edit will be drawn; stochastic ones do not (later steps re-noise them).
 FILTER = {
     "candidates": 8,
-    "early_steps": round(FILTER_JUDGED_AT * 28),
+    "early_steps": filter_early_steps(28),
     "judge": BUILTIN_JUDGE,
     "samplers": list(FILTER_SAMPLERS),
 }
@@ -330,7 +330,6 @@ def run_bench(
         report["variants"][name] = summarize([row for rows in rows_of.values() for row in rows])
         own = "stochastic" if editor.stochastic else "euler"
         report["variants"][name]["sampler"] = "/".join(options.get("samplers") or [own])  # the filter's candidates'
-
         if sample_seeds:
             report["variants"][name]["per_seed"] = {
                 str(s): summarize(rows)["overall"]["success"] for s, rows in rows_of.items()

@@ -45,6 +45,11 @@ FILTER_SAMPLERS = ("euler",)
 FILTER_JUDGED_AT = 0.5  # of the steps
 
 
+def filter_early_steps(steps: int) -> int:
+    """After how many of `steps` the built-in model's filter judges its candidates (at least one)."""
+    return max(1, round(FILTER_JUDGED_AT * steps))
+
+
 class ShapesJudgeNet(nn.Module):
     """(source, candidate, instruction embedding) -> logit of "a correct edit"."""
 

@@ -60,12 +60,12 @@ def _cell_options(background: str, cell: int) -> tuple[tuple[SceneObject | None,
 
 
 def _as_parse_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """The image as float32 RGB 0..255 at PARSE_SIZE."""
+    """The image as RGB in 0..1 (float64, the success rule's input) at PARSE_SIZE."""
     array = as_unit_rgb(image)  # validates type, shape and range
     if array.shape[0] != PARSE_SIZE:
         image = Image.fromarray(np.rint(array * 255).astype(np.uint8))
         array = as_unit_rgb(image.resize((PARSE_SIZE, PARSE_SIZE), Image.Resampling.BILINEAR))
-    return (array * 255).astype(np.float32)
+    return array
 
 
 def parse_scene(image: Image.Image | np.ndarray) -> Scene:
@@ -73,7 +73,12 @@ def parse_scene(image: Image.Image | np.ndarray) -> Scene:
 
     An image with no object anywhere (which no scene is) reads as the closest one-object scene.
     """
-    x = _as_parse_array(image)
+    return _read_scene(_as_parse_array(image))
+
+
+def _read_scene(array: np.ndarray) -> Scene:
+    """`parse_scene` of an image already in `_as_parse_array`'s form."""
+    x = (array * 255).astype(np.float32)  # the rendered crops' scale
     median = np.median(x.reshape(-1, 3), axis=0)
     background = min(BACKGROUND_COLORS, key=lambda name: float(np.abs(median - BACKGROUND_COLORS[name]).sum()))
     objects, best_object = [], (np.inf, None)
@@ -91,7 +96,7 @@ def parse_scene(image: Image.Image | np.ndarray) -> Scene:
 
 def render_residual(image: Image.Image | np.ndarray) -> tuple[Scene, float]:
     """The parsed scene and the mean low-pass error (RGB 0..1) between `image` and that scene's render."""
-    scene = parse_scene(image)
-    x = _as_parse_array(image) / 255.0
+    x = _as_parse_array(image)  # prepared once for both the parse and the residual
+    scene = _read_scene(x)
     clean = render_array(scene, PARSE_SIZE).astype(np.float64) / 255.0
-    return scene, float(error_map(x.astype(np.float64), clean).mean())
+    return scene, float(error_map(x, clean).mean())
